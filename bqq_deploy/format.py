@@ -1,0 +1,340 @@
+"""The packed BQQ layout (docs/FORMAT.md, version 1): bit packing, the layer container and
+safetensors I/O that validates every shape, dtype and byte span before reading."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_NAME = "bqq"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 100_000_000
+# Field limits of docs/FORMAT.md section 1.
+MAX_GROUP = 4096
+MAX_RANK = 4096
+MAX_STACKS = 16
+
+
+class FormatError(ValueError):
+    """A BQQ tensor or file that violates docs/FORMAT.md."""
+
+
+def words_per_row(rank: int) -> int:
+    return (rank + 31) // 32
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a {0,1} tensor [..., l] into int32 words [..., ceil(l/32)], bit q -> word q//32,
+    bit q%32 (LSB first). Exact for any l."""
+    if bits.dtype == torch.bool:
+        bits = bits.to(torch.int64)
+    else:
+        bits = (bits != 0).to(torch.int64)
+    rank = bits.shape[-1]
+    n_words = words_per_row(rank)
+    padded = torch.nn.functional.pad(bits, (0, 32 * n_words - rank))
+    padded = padded.reshape(*bits.shape[:-1], n_words, 32)
+    shifts = torch.arange(32, device=bits.device, dtype=torch.int64)
+    words = (padded << shifts).sum(dim=-1)  # < 2**32, exact in int64
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_bits(words: torch.Tensor, rank: int) -> torch.Tensor:
+    """Inverse of pack_bits: int32 [..., L] -> uint8 {0,1} [..., rank]."""
+    shifts = torch.arange(32, device=words.device, dtype=torch.int64)
+    bits = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*words.shape[:-1], -1)[..., :rank].to(torch.uint8)
+
+
+@dataclass
+class BQQWeight:
+    """One quantised linear weight in the packed layout of docs/FORMAT.md."""
+
+    out_features: int
+    in_features: int
+    group_rows: int
+    group_cols: int
+    rank: int
+    y_bits: torch.Tensor  # int32 [p, R, C, g_r, L]
+    z_bits: torch.Tensor  # int32 [p, R, C, g_c, L]
+    scales: torch.Tensor  # float16 [p, R, C, 4]
+    bias: torch.Tensor | None = None  # float32 [M]
+    info: dict = field(default_factory=dict, compare=False)  # solver statistics, not stored
+
+    @property
+    def stacks(self) -> int:
+        return int(self.scales.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (math.ceil(self.out_features / self.group_rows),
+                math.ceil(self.in_features / self.group_cols))
+
+    @property
+    def fields(self) -> dict:
+        return {"M": self.out_features, "K": self.in_features, "g_r": self.group_rows,
+                "g_c": self.group_cols, "l": self.rank, "p": self.stacks}
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return expected_shapes(self.fields)
+
+    def validate(self, name: str = "layer") -> "BQQWeight":
+        """Check shapes, dtypes, padding bits and scale values; raise FormatError naming the
+        tensor at fault."""
+        check_fields(self.fields, name)
+        tensors = {"y_bits": self.y_bits, "z_bits": self.z_bits, "scales": self.scales}
+        if self.bias is not None:
+            tensors["bias"] = self.bias
+        for key, shape in self.expected_shapes().items():
+            if key not in tensors:
+                continue
+            tensor = tensors[key]
+            if tensor.dtype != TENSOR_DTYPES[key]:
+                raise FormatError(f"{name}.{key}: dtype {tensor.dtype}, expected {TENSOR_DTYPES[key]}")
+            if tuple(tensor.shape) != shape:
+                raise FormatError(f"{name}.{key}: shape {tuple(tensor.shape)}, expected {shape}")
+        rank_in_last_word = self.rank - 32 * (words_per_row(self.rank) - 1)
+        if rank_in_last_word < 32:
+            unused = torch.tensor(-(1 << rank_in_last_word), dtype=torch.int64)  # bits >= r set
+            for key in ("y_bits", "z_bits"):
+                last = tensors[key][..., -1].to(torch.int64) & 0xFFFFFFFF
+                if bool(((last & (unused & 0xFFFFFFFF)) != 0).any()):
+                    raise FormatError(f"{name}.{key}: bits past rank {self.rank} are set "
+                                      "(corrupt data or wrong rank)")
+        if not bool(torch.isfinite(self.scales).all()):
+            raise FormatError(f"{name}.scales: contains inf or NaN")
+        if self.bias is not None and not bool(torch.isfinite(self.bias).all()):
+            raise FormatError(f"{name}.bias: contains inf or NaN")
+        return self
+
+    def y(self) -> torch.Tensor:
+        """Y as float32 {0,1} [p, R, C, g_r, l]."""
+        return unpack_bits(self.y_bits, self.rank).float()
+
+    def z(self) -> torch.Tensor:
+        """Z transposed, as float32 {0,1} [p, R, C, g_c, l]."""
+        return unpack_bits(self.z_bits, self.rank).float()
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense reconstruction W_hat [M, K] in float32 (for checks and reports; the
+        forward pass never builds it)."""
+        y, z = self.y(), self.z()
+        a, b, c, d = self.scales.float().unbind(-1)  # each [p, R, C]
+        blocks = (a[..., None, None] * (y @ z.transpose(-1, -2))
+                  + b[..., None, None] * y.sum(-1)[..., :, None]
+                  + c[..., None, None] * z.sum(-1)[..., None, :]
+                  + d[..., None, None]).sum(0)  # [R, C, g_r, g_c]
+        rows, cols = self.grid
+        dense = blocks.permute(0, 2, 1, 3).reshape(rows * self.group_rows, cols * self.group_cols)
+        return dense[: self.out_features, : self.in_features].contiguous()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed weight (bits + scales, bias excluded)."""
+        return sum(t.numel() * t.element_size() for t in (self.y_bits, self.z_bits, self.scales))
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / (self.out_features * self.in_features)
+
+    def to(self, device) -> "BQQWeight":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, y_bits=move(self.y_bits), z_bits=move(self.z_bits),
+                       scales=move(self.scales), bias=move(self.bias))
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {f"{prefix}.y_bits": self.y_bits, f"{prefix}.z_bits": self.z_bits,
+               f"{prefix}.scales": self.scales}
+        if self.bias is not None:
+            out[f"{prefix}.bias"] = self.bias
+        return out
+
+
+TENSOR_DTYPES = {"y_bits": torch.int32, "z_bits": torch.int32,
+                 "scales": torch.float16, "bias": torch.float32}
+REQUIRED_TENSORS = ("y_bits", "z_bits", "scales")
+
+
+def check_fields(fields: dict, name: str = "layer") -> None:
+    for key in ("M", "K", "g_r", "g_c", "l", "p"):
+        value = fields.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FormatError(f"{name}: field {key} must be an integer, got {value!r}")
+    limits = {"M": (1, 2**31 - 1), "K": (1, 2**31 - 1), "g_r": (1, MAX_GROUP),
+              "g_c": (1, MAX_GROUP), "l": (1, MAX_RANK), "p": (1, MAX_STACKS)}
+    for key, (lo, hi) in limits.items():
+        if not lo <= fields[key] <= hi:
+            raise FormatError(f"{name}: field {key}={fields[key]} outside [{lo}, {hi}]")
+
+
+def expected_shapes(fields: dict) -> dict[str, tuple[int, ...]]:
+    rows = math.ceil(fields["M"] / fields["g_r"])
+    cols = math.ceil(fields["K"] / fields["g_c"])
+    n_words = words_per_row(fields["l"])
+    p = fields["p"]
+    return {"y_bits": (p, rows, cols, fields["g_r"], n_words),
+            "z_bits": (p, rows, cols, fields["g_c"], n_words),
+            "scales": (p, rows, cols, 4),
+            "bias": (fields["M"],)}
+
+
+# ---------------------------------------------------------------------------------------
+# safetensors I/O
+
+_ST_DTYPES = {"I32": (torch.int32, np.int32), "F16": (torch.float16, np.float16),
+              "F32": (torch.float32, np.float32)}
+_ST_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _ST_DTYPES.items()}
+
+
+def atomic_write_bytes(path: str | os.PathLike, chunks) -> None:
+    """Write an iterable of byte strings to path through a temporary file in the same
+    directory and os.replace, so readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_layers(path: str | os.PathLike, layers: dict[str, BQQWeight]) -> None:
+    """Write layers to one .bqq.safetensors file atomically (docs/FORMAT.md section 4)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {}
+    for name, weight in layers.items():
+        weight.validate(name)
+        meta[name] = weight.fields
+        tensors.update(weight.tensors(name))
+    header: dict = {"__metadata__": {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+                                     "layers": json.dumps(meta, sort_keys=True)}}
+    offset = 0
+    blobs = []
+    for key in sorted(tensors):
+        array = tensors[key].detach().cpu().contiguous()
+        blob = array.numpy().tobytes()
+        header[key] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
+                       "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # keep tensor data 8-byte aligned
+    atomic_write_bytes(path, [struct.pack("<Q", len(header_bytes)), header_bytes, *blobs])
+
+
+def load_layers(path: str | os.PathLike) -> dict[str, BQQWeight]:
+    """Read a .bqq.safetensors file, validating everything listed in docs/FORMAT.md section 4
+    before any tensor byte is read. Raises FormatError naming the file and tensor."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if size < 8:
+            raise FormatError(f"{path}: {size} bytes, too short for a safetensors header")
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise FormatError(f"{path}: header length {header_len} exceeds the file "
+                              f"({size} bytes) or the {MAX_HEADER_BYTES}-byte limit (truncated?)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{path}: header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise FormatError(f"{path}: header is not a JSON object")
+        layer_fields = _parse_metadata(path, header.pop("__metadata__", None))
+        data_len = size - 8 - header_len
+        entries = _check_entries(path, header, layer_fields, data_len)
+        arrays = {}
+        for key, (dtype_name, shape, start, end) in entries.items():
+            handle.seek(8 + header_len + start)
+            blob = handle.read(end - start)
+            if len(blob) != end - start:
+                raise FormatError(f"{path}: tensor {key}: file truncated")
+            arrays[key] = torch.from_numpy(
+                np.frombuffer(blob, dtype=_ST_DTYPES[dtype_name][1]).reshape(shape).copy())
+    layers = {}
+    for name, fields in layer_fields.items():
+        weight = BQQWeight(out_features=fields["M"], in_features=fields["K"],
+                           group_rows=fields["g_r"], group_cols=fields["g_c"], rank=fields["l"],
+                           y_bits=arrays[f"{name}.y_bits"], z_bits=arrays[f"{name}.z_bits"],
+                           scales=arrays[f"{name}.scales"], bias=arrays.get(f"{name}.bias"))
+        try:
+            layers[name] = weight.validate(name)
+        except FormatError as exc:
+            raise FormatError(f"{path}: {exc}") from None
+    return layers
+
+
+def _parse_metadata(path: Path, meta) -> dict[str, dict]:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise FormatError(f"{path}: not a BQQ file (__metadata__.format != {FORMAT_NAME!r})")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise FormatError(f"{path}: format_version {version!r} is not supported "
+                          f"(this reader knows version {FORMAT_VERSION})")
+    try:
+        layer_fields = json.loads(meta.get("layers", ""))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: __metadata__.layers is not valid JSON ({exc})") from None
+    if not isinstance(layer_fields, dict) or not layer_fields:
+        raise FormatError(f"{path}: __metadata__.layers lists no layers")
+    for name, fields in layer_fields.items():
+        if not isinstance(fields, dict):
+            raise FormatError(f"{path}: layer {name}: fields are not an object")
+        try:
+            check_fields(fields, name)
+        except FormatError as exc:
+            raise FormatError(f"{path}: {exc}") from None
+    return layer_fields
+
+
+def _check_entries(path: Path, header: dict, layer_fields: dict, data_len: int) -> dict:
+    expected: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, fields in layer_fields.items():
+        for key, shape in expected_shapes(fields).items():
+            expected[f"{name}.{key}"] = (_ST_NAMES[TENSOR_DTYPES[key]], shape)
+    entries = {}
+    for key, entry in header.items():
+        if key not in expected:
+            raise FormatError(f"{path}: tensor {key} is not part of any listed layer")
+        want_dtype, want_shape = expected[key]
+        try:
+            dtype_name, shape = entry["dtype"], tuple(int(n) for n in entry["shape"])
+            start, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: tensor {key}: malformed header entry {entry!r}") from None
+        if dtype_name != want_dtype:
+            raise FormatError(f"{path}: tensor {key}: dtype {dtype_name}, expected {want_dtype}")
+        if shape != want_shape:
+            raise FormatError(f"{path}: tensor {key}: shape {list(shape)}, expected {list(want_shape)}")
+        nbytes = math.prod(shape) * _ST_DTYPES[dtype_name][0].itemsize
+        if not 0 <= start <= end <= data_len:
+            raise FormatError(f"{path}: tensor {key}: bytes [{start}, {end}) lie outside the "
+                              f"{data_len}-byte data section (truncated file?)")
+        if end - start != nbytes:
+            raise FormatError(f"{path}: tensor {key}: {end - start} bytes for shape "
+                              f"{list(shape)}, expected {nbytes}")
+        entries[key] = (dtype_name, shape, start, end)
+    for name in layer_fields:
+        for key in REQUIRED_TENSORS:
+            if f"{name}.{key}" not in entries:
+                raise FormatError(f"{path}: tensor {name}.{key} is missing")
+    spans = sorted((start, end, key) for key, (_, _, start, end) in entries.items())
+    for (_, prev_end, prev_key), (start, _, key) in zip(spans, spans[1:]):
+        if start < prev_end:
+            raise FormatError(f"{path}: tensors {prev_key} and {key} overlap")
+    return entries
