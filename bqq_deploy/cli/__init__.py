@@ -1,0 +1,1 @@
+"""Command-line entry points: bqq-export, bqq-build, bqq-validate."""
