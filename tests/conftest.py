@@ -1,0 +1,27 @@
+"""Shared test fixtures: random packed weights that follow docs/FORMAT.md exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bqq_deploy.format import BQQWeight, pack_bits
+
+
+def random_weight(M: int, K: int, g_r: int, g_c: int, rank: int, stacks: int, *,
+                  bias: bool = True, seed: int = 0) -> BQQWeight:
+    """A BQQWeight with uniformly random bits and N(0, 0.1) fp16 scales."""
+    gen = torch.Generator().manual_seed(seed)
+    R, C = math.ceil(M / g_r), math.ceil(K / g_c)
+    y = torch.randint(0, 2, (stacks, R, C, g_r, rank), generator=gen)
+    z = torch.randint(0, 2, (stacks, R, C, g_c, rank), generator=gen)
+    scales = (0.1 * torch.randn(stacks, R, C, 4, generator=gen)).half()
+    b = torch.randn(M, generator=gen) if bias else None
+    return BQQWeight(M, K, g_r, g_c, rank, pack_bits(y), pack_bits(z), scales, b)
+
+
+@pytest.fixture
+def make_weight():
+    return random_weight
