@@ -1,0 +1,452 @@
+#include "BQQMatMulPlugin.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <mutex>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "bqq_matmul_cuda.h"
+
+namespace bqq
+{
+namespace trt
+{
+
+using nvinfer1::DataType;
+using nvinfer1::Dims;
+using nvinfer1::DimsExprs;
+using nvinfer1::DynamicPluginTensorDesc;
+using nvinfer1::ILogger;
+using nvinfer1::PluginField;
+using nvinfer1::PluginFieldType;
+using nvinfer1::PluginTensorDesc;
+using nvinfer1::TensorFormat;
+
+namespace
+{
+
+std::mutex gLoggerMutex;
+nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
+
+int64_t ceilDiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+std::string dimsToString(Dims const& dims)
+{
+    std::ostringstream os;
+    os << '[';
+    for (int32_t i = 0; i < dims.nbDims; ++i)
+    {
+        os << (i ? "," : "") << dims.d[i];
+    }
+    os << ']';
+    return os.str();
+}
+
+// Rows of the product: every dimension of X but the last (K).
+int64_t leadingRows(Dims const& dims)
+{
+    int64_t rows = 1;
+    for (int32_t i = 0; i + 1 < dims.nbDims; ++i)
+    {
+        rows *= dims.d[i];
+    }
+    return rows;
+}
+
+bool isActivationType(DataType type)
+{
+    return type == DataType::kFLOAT || type == DataType::kHALF;
+}
+
+BQQDataType toBQQType(DataType type)
+{
+    return type == DataType::kHALF ? BQQ_FLOAT16 : BQQ_FLOAT32;
+}
+
+}  // namespace
+
+void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
+{
+    std::lock_guard<std::mutex> lock(gLoggerMutex);
+    gLoggerFinder = finder;
+}
+
+void logMessage(ILogger::Severity severity, std::string const& message) noexcept
+{
+    ILogger* logger = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(gLoggerMutex);
+        if (gLoggerFinder != nullptr)
+        {
+            logger = gLoggerFinder->findLogger();
+        }
+    }
+    if (logger == nullptr)
+    {
+        // The logger of the builder/runtime TensorRT created first (self-registering library).
+        logger = ::getLogger();
+    }
+    if (logger != nullptr)
+    {
+        logger->log(severity, message.c_str());
+    }
+    else
+    {
+        std::fprintf(stderr, "%s\n", message.c_str());
+    }
+}
+
+BQQLayout toLayout(FieldValues const& fields) noexcept
+{
+    BQQLayout layout{};
+    layout.M = fields[kFieldOutFeatures];
+    layout.K = fields[kFieldInFeatures];
+    layout.group_rows = fields[kFieldGroupRows];
+    layout.group_cols = fields[kFieldGroupCols];
+    layout.rank = fields[kFieldRank];
+    layout.stacks = fields[kFieldStacks];
+    return layout;
+}
+
+BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, std::string layerName)
+    : mFields(fields)
+    , mLayout(toLayout(fields))
+    , mLayerName(std::move(layerName))
+{
+}
+
+nvinfer1::IPluginCapability* BQQMatMulPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
+    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
+    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+nvinfer1::IPluginV3* BQQMatMulPlugin::clone() noexcept
+{
+    try
+    {
+        return new BQQMatMulPlugin(*this);
+    }
+    catch (std::exception const& e)
+    {
+        reportError(std::string("clone failed: ") + e.what());
+        return nullptr;
+    }
+}
+
+char const* BQQMatMulPlugin::getPluginName() const noexcept
+{
+    return kPluginName;
+}
+
+char const* BQQMatMulPlugin::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* BQQMatMulPlugin::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+int32_t BQQMatMulPlugin::getNbOutputs() const noexcept
+{
+    return 1;
+}
+
+int32_t BQQMatMulPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbOutputs != 1 || nbInputs < kMinInputs || nbInputs > kMaxInputs || !isActivationType(inputTypes[kInputX]))
+    {
+        reportError("expects 4 or 5 inputs with X of type fp32 or fp16, and one output");
+        return -1;
+    }
+    outputTypes[0] = inputTypes[kInputX];
+    return 0;
+}
+
+int32_t BQQMatMulPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
+    int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept
+{
+    if (nbOutputs != 1 || nbInputs < kMinInputs || nbInputs > kMaxInputs)
+    {
+        reportError("expects 4 or 5 inputs (X, y_bits, z_bits, scales[, bias]) and one output");
+        return -1;
+    }
+    DimsExprs const& x = inputs[kInputX];
+    if (x.nbDims < 1)
+    {
+        reportError("input X must have at least one dimension ([..., in_features])");
+        return -1;
+    }
+    nvinfer1::IDimensionExpr const* k = x.d[x.nbDims - 1];
+    if (k->isConstant() && k->getConstantValue() != mLayout.K)
+    {
+        reportError("input 0 (X) has last dimension " + std::to_string(k->getConstantValue())
+            + ", but in_features is " + std::to_string(mLayout.K));
+        return -1;
+    }
+    outputs[0] = x;
+    outputs[0].d[x.nbDims - 1] = exprBuilder.constant(mLayout.M);
+    return 0;
+}
+
+bool BQQMatMulPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (nbInputs < kMinInputs || nbInputs > kMaxInputs || nbOutputs != 1 || pos < 0 || pos >= nbInputs + nbOutputs)
+    {
+        return false;
+    }
+    PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    // TensorRT asks position by position, so X (position 0) is already decided for the others.
+    DataType const xType = inOut[kInputX].desc.type;
+    if (pos == kInputX)
+    {
+        return isActivationType(desc.type);
+    }
+    if (pos == kInputYBits || pos == kInputZBits)
+    {
+        return desc.type == DataType::kINT8;
+    }
+    if (pos == kInputScales)
+    {
+        return desc.type == DataType::kHALF;
+    }
+    return desc.type == xType;  // bias and the output
+}
+
+bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) const noexcept
+{
+    if (nbInputs < kMinInputs || nbInputs > kMaxInputs || nbOutputs != 1)
+    {
+        reportError("expects 4 or 5 inputs (X, y_bits, z_bits, scales[, bias]) and one output, got "
+            + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
+        return false;
+    }
+    auto matches = [allowUnknown](int64_t got, int64_t want) { return got == want || (allowUnknown && got < 0); };
+
+    Dims const& x = dims[kInputX];
+    if (x.nbDims < 1 || !matches(x.d[x.nbDims - 1], mLayout.K))
+    {
+        reportError("input 0 (X) has shape " + dimsToString(x) + ", expected [..., " + std::to_string(mLayout.K)
+            + "] (in_features)");
+        return false;
+    }
+
+    int64_t const p = mLayout.stacks;
+    int64_t const R = ceilDiv(mLayout.M, mLayout.group_rows);
+    int64_t const C = ceilDiv(mLayout.K, mLayout.group_cols);
+    int64_t const bytesPerRow = 4 * ceilDiv(mLayout.rank, 32);  // INT8 view of L int32 words
+    struct Expected
+    {
+        int32_t index;
+        char const* name;
+        std::vector<int64_t> shape;
+    };
+    std::vector<Expected> expected{
+        {kInputYBits, "y_bits", {p, R, C, mLayout.group_rows, bytesPerRow}},
+        {kInputZBits, "z_bits", {p, R, C, mLayout.group_cols, bytesPerRow}},
+        {kInputScales, "scales", {p, R, C, 4}},
+    };
+    if (nbInputs == kMaxInputs)
+    {
+        expected.push_back({kInputBias, "bias", {mLayout.M}});
+    }
+    for (Expected const& e : expected)
+    {
+        Dims const& got = dims[e.index];
+        bool ok = got.nbDims == static_cast<int32_t>(e.shape.size());
+        for (int32_t i = 0; ok && i < got.nbDims; ++i)
+        {
+            ok = matches(got.d[i], e.shape[i]);
+        }
+        if (!ok)
+        {
+            std::ostringstream os;
+            os << "input " << e.index << " (" << e.name << ") has shape " << dimsToString(got) << ", expected [";
+            for (size_t i = 0; i < e.shape.size(); ++i)
+            {
+                os << (i ? "," : "") << e.shape[i];
+            }
+            os << "] from the fields out_features=" << mLayout.M << " in_features=" << mLayout.K
+               << " group_rows=" << mLayout.group_rows << " group_cols=" << mLayout.group_cols
+               << " rank=" << mLayout.rank << " stacks=" << mLayout.stacks << " (docs/FORMAT.md section 5)";
+            reportError(os.str());
+            return false;
+        }
+    }
+    return true;
+}
+
+int32_t BQQMatMulPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    try
+    {
+        std::vector<Dims> dims;
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            dims.push_back(in[i].desc.dims);
+        }
+        if (!checkInputs(dims.data(), nbInputs, nbOutputs, /*allowUnknown=*/true))
+        {
+            return -1;
+        }
+        mHasBias = nbInputs == kMaxInputs;
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        reportError(std::string("configurePlugin failed: ") + e.what());
+        return -1;
+    }
+}
+
+size_t BQQMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
+    DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
+{
+    // The kernels' workspace is not monotonic in rows (the small-batch path needs one, the
+    // tiled path none), so reserve the largest over the profile's rows: every row count of
+    // the first kScanRows of the range (where the small-batch path lives), and the maximum.
+    constexpr int64_t kScanRows = 4096;
+    BQQDataType const dtype = toBQQType(inputs[kInputX].desc.type);
+    int64_t const minRows = std::max<int64_t>(1, leadingRows(inputs[kInputX].min));
+    int64_t const maxRows = leadingRows(inputs[kInputX].max);
+    size_t bytes = bqq_matmul_cuda_workspace(&mLayout, maxRows, dtype);
+    for (int64_t rows = minRows; rows < maxRows && rows < minRows + kScanRows; ++rows)
+    {
+        bytes = std::max(bytes, bqq_matmul_cuda_workspace(&mLayout, rows, dtype));
+    }
+    return bytes;
+}
+
+int32_t BQQMatMulPlugin::onShapeChange(
+    PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    try
+    {
+        std::vector<Dims> dims;
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            dims.push_back(in[i].dims);
+        }
+        if (!checkInputs(dims.data(), nbInputs, nbOutputs, /*allowUnknown=*/false))
+        {
+            return -1;
+        }
+        mHasBias = nbInputs == kMaxInputs;
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        reportError(std::string("onShapeChange failed: ") + e.what());
+        return -1;
+    }
+}
+
+int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    int64_t const rows = leadingRows(inputDesc[kInputX].dims);
+    if (rows == 0)
+    {
+        return 0;  // empty batch: nothing to write
+    }
+    BQQDataType const dtype = toBQQType(inputDesc[kInputX].type);
+    size_t const workspaceBytes = bqq_matmul_cuda_workspace(&mLayout, rows, dtype);
+    BQQStatus const status = bqq_matmul_cuda(&mLayout, rows, dtype, inputs[kInputX],
+        static_cast<int32_t const*>(inputs[kInputYBits]), static_cast<int32_t const*>(inputs[kInputZBits]),
+        inputs[kInputScales], mHasBias ? inputs[kInputBias] : nullptr, outputs[0], workspace, workspaceBytes, stream);
+    if (status == BQQ_OK)
+    {
+        return 0;
+    }
+    std::string message;
+    switch (status)
+    {
+    case BQQ_ERR_UNSUPPORTED_ARCH:
+    {
+        int device = 0;
+        int major = 0;
+        int minor = 0;
+        cudaGetDevice(&device);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+        std::string const sm = std::to_string(major * 10 + minor);
+        message = "the plugin library holds no CUDA kernel for this GPU (sm_" + sm + "): " + bqq_last_error()
+            + ". Rebuild it for this architecture, e.g. cmake -S <bqq-deploy> -B build -DCMAKE_CUDA_ARCHITECTURES=" + sm
+            + " -DTensorRT_ROOT=<TensorRT dir> && cmake --build build --target bqq_trt_plugin (docs/TENSORRT.md)";
+        break;
+    }
+    case BQQ_ERR_CUDA: message = std::string("CUDA error in bqq_matmul_cuda: ") + bqq_last_error(); break;
+    case BQQ_ERR_INVALID_ARGUMENT:
+        message = std::string("bqq_matmul_cuda rejected its arguments: ") + bqq_last_error();
+        break;
+    default: message = "bqq_matmul_cuda failed with status " + std::to_string(static_cast<int>(status)); break;
+    }
+    reportError("enqueue failed (" + std::to_string(rows) + " rows): " + message, nvinfer1::ErrorCode::kFAILED_EXECUTION);
+    return -1;
+}
+
+nvinfer1::IPluginV3* BQQMatMulPlugin::attachToContext(nvinfer1::IPluginResourceContext* context) noexcept
+{
+    auto* plugin = static_cast<BQQMatMulPlugin*>(clone());
+    if (plugin != nullptr && context != nullptr)
+    {
+        plugin->mErrorRecorder = context->getErrorRecorder();
+    }
+    return plugin;
+}
+
+nvinfer1::PluginFieldCollection const* BQQMatMulPlugin::getFieldsToSerialize() noexcept
+{
+    for (int32_t i = 0; i < kNbFields; ++i)
+    {
+        mSerialFields[i] = PluginField(kFieldNames[i], &mFields[i], PluginFieldType::kINT32, 1);
+    }
+    mSerialCollection.nbFields = kNbFields;
+    mSerialCollection.fields = mSerialFields.data();
+    return &mSerialCollection;
+}
+
+void BQQMatMulPlugin::reportError(std::string const& message, nvinfer1::ErrorCode code) const noexcept
+{
+    try
+    {
+        std::string const full = std::string(kPluginNamespace) + "::" + kPluginName + " (layer '" + mLayerName
+            + "'): " + message;
+        if (mErrorRecorder != nullptr)
+        {
+            mErrorRecorder->reportError(code, full.c_str());
+        }
+        else
+        {
+            logMessage(ILogger::Severity::kERROR, full);
+        }
+    }
+    catch (...)
+    {
+        std::fprintf(stderr, "bqq::BQQMatMul: out of memory while reporting an error\n");
+    }
+}
+
+}  // namespace trt
+}  // namespace bqq

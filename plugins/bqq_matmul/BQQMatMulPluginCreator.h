@@ -1,0 +1,41 @@
+// Creator of the BQQMatMul plugin (IPluginCreatorV3One). createPlugin is the one place that
+// validates the creation fields, for the ONNX parser (build) and for engine deserialisation
+// (runtime) alike.
+#ifndef BQQ_MATMUL_PLUGIN_CREATOR_H
+#define BQQ_MATMUL_PLUGIN_CREATOR_H
+
+#include <NvInferRuntime.h>
+
+#include <array>
+
+#include "BQQMatMulPlugin.h"
+
+namespace bqq
+{
+namespace trt
+{
+
+class BQQMatMulPluginCreator final : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    BQQMatMulPluginCreator() noexcept;
+    ~BQQMatMulPluginCreator() override = default;
+
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    // Returns nullptr, after logging which field is wrong, when a field is missing,
+    // duplicated, not a single int32, or out of the range docs/FORMAT.md allows.
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+private:
+    std::array<nvinfer1::PluginField, kNbFields> mFieldNames{};
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+}  // namespace trt
+}  // namespace bqq
+
+#endif  // BQQ_MATMUL_PLUGIN_CREATOR_H
