@@ -1,0 +1,191 @@
+"""ctypes binding of the native BQQMatMul libraries (plugins/bqq_matmul, docs/KERNELS.md):
+the C++ CPU reference and the CUDA kernels, on torch tensors."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from .format import BQQWeight
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_REF_NAME = "libbqq_matmul_ref.so"
+_CUDA_NAME = "libbqq_matmul_cuda.so"
+
+# Status codes and dtypes of plugins/bqq_matmul/bqq_matmul.h.
+BQQ_OK, BQQ_ERR_INVALID_ARGUMENT, BQQ_ERR_CUDA, BQQ_ERR_UNSUPPORTED_ARCH = 0, 1, 2, 3
+_DTYPES = {torch.float32: 0, torch.float16: 1}
+
+
+class KernelError(RuntimeError):
+    """A native call failed; `status` is the BQQStatus code."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class LibraryNotFound(KernelError):
+    """The native library was not built (or BQQ_LIB_DIR points elsewhere)."""
+
+    def __init__(self, message: str):
+        super().__init__(-1, message)
+
+
+class _Layout(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in ("M", "K", "group_rows", "group_cols", "rank", "stacks")]
+
+
+def library_dir() -> Path:
+    """Where the built libraries are looked for: $BQQ_LIB_DIR, else <repo>/build/plugins/bqq_matmul."""
+    env = os.environ.get("BQQ_LIB_DIR")
+    return Path(env) if env else REPO_ROOT / "build" / "plugins" / "bqq_matmul"
+
+
+def _open(name: str) -> ctypes.CDLL:
+    path = library_dir() / name
+    if not path.is_file():
+        raise LibraryNotFound(f"{name} not found in {path.parent} (searched $BQQ_LIB_DIR, else "
+                              f"<repo>/build/plugins/bqq_matmul); build it with `make native`")
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise LibraryNotFound(f"cannot load {path}: {exc}") from None
+
+
+def _declare_common(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.bqq_last_error.restype = ctypes.c_char_p
+    lib.bqq_last_error.argtypes = []
+    lib.bqq_layout_check.restype = ctypes.c_int
+    lib.bqq_layout_check.argtypes = [ctypes.POINTER(_Layout)]
+    for fn in ("bqq_y_bits_words", "bqq_z_bits_words", "bqq_scale_count"):
+        getattr(lib, fn).restype = ctypes.c_int64
+        getattr(lib, fn).argtypes = [ctypes.POINTER(_Layout)]
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def ref_library() -> ctypes.CDLL:
+    """The C++ CPU reference (libbqq_matmul_ref.so); raises LibraryNotFound."""
+    lib = _declare_common(_open(_REF_NAME))
+    lib.bqq_matmul_reference.restype = ctypes.c_int
+    lib.bqq_matmul_reference.argtypes = [ctypes.POINTER(_Layout), ctypes.c_int64] + [ctypes.c_void_p] * 6
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_library() -> ctypes.CDLL:
+    """The CUDA kernels (libbqq_matmul_cuda.so); raises LibraryNotFound."""
+    lib = _declare_common(_open(_CUDA_NAME))
+    lib.bqq_matmul_cuda_workspace.restype = ctypes.c_size_t
+    lib.bqq_matmul_cuda_workspace.argtypes = [ctypes.POINTER(_Layout), ctypes.c_int64, ctypes.c_int]
+    lib.bqq_matmul_cuda.restype = ctypes.c_int
+    lib.bqq_matmul_cuda.argtypes = ([ctypes.POINTER(_Layout), ctypes.c_int64, ctypes.c_int]
+                                    + [ctypes.c_void_p] * 7 + [ctypes.c_size_t, ctypes.c_void_p])
+    return lib
+
+
+def layout_of(weight: BQQWeight) -> _Layout:
+    return _Layout(weight.out_features, weight.in_features, weight.group_rows, weight.group_cols,
+                   weight.rank, weight.stacks)
+
+
+def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
+    if status != BQQ_OK:
+        raise KernelError(status, f"{what}: {lib.bqq_last_error().decode(errors='replace')}")
+
+
+def _checked_tensors(lib: ctypes.CDLL, weight: BQQWeight, layout: _Layout, device: torch.device):
+    """The packed tensors as contiguous tensors on `device`, their sizes checked against the
+    layout (the C side sees only pointers)."""
+    _check(lib, lib.bqq_layout_check(ctypes.byref(layout)), "layout")
+    want = {"y_bits": (lib.bqq_y_bits_words(ctypes.byref(layout)), torch.int32),
+            "z_bits": (lib.bqq_z_bits_words(ctypes.byref(layout)), torch.int32),
+            "scales": (lib.bqq_scale_count(ctypes.byref(layout)), torch.float16)}
+    out = []
+    for name, (count, dtype) in want.items():
+        tensor = getattr(weight, name)
+        if tensor.dtype != dtype or tensor.numel() != count:
+            raise KernelError(BQQ_ERR_INVALID_ARGUMENT, f"{name}: {tensor.dtype} with {tensor.numel()} "
+                              f"elements, layout needs {dtype} with {count}")
+        if tensor.device != device:
+            raise KernelError(BQQ_ERR_INVALID_ARGUMENT, f"{name} is on {tensor.device}, input on {device}")
+        out.append(tensor.contiguous())
+    if weight.bias is not None and weight.bias.numel() != weight.out_features:
+        raise KernelError(BQQ_ERR_INVALID_ARGUMENT,
+                          f"bias: {weight.bias.numel()} elements, layout needs {weight.out_features}")
+    return out
+
+
+def _rows2d(x: torch.Tensor, weight: BQQWeight) -> torch.Tensor:
+    if x.shape[-1] != weight.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, layer expects {weight.in_features}")
+    return x.reshape(-1, weight.in_features).contiguous()
+
+
+def reference_matmul_cpp(x: torch.Tensor, weight: BQQWeight) -> torch.Tensor:
+    """y = x W_hat^T + bias through the C++ CPU reference (double accumulation); fp32 on CPU."""
+    lib = ref_library()
+    layout = layout_of(weight)
+    y_bits, z_bits, scales = _checked_tensors(lib, weight, layout, torch.device("cpu"))
+    rows = _rows2d(x.detach().cpu().float(), weight)
+    out = torch.empty(rows.shape[0], weight.out_features, dtype=torch.float32)
+    bias = None if weight.bias is None else weight.bias.detach().cpu().float().contiguous()
+    status = lib.bqq_matmul_reference(ctypes.byref(layout), rows.shape[0], rows.data_ptr(),
+                                      y_bits.data_ptr(), z_bits.data_ptr(), scales.data_ptr(),
+                                      None if bias is None else bias.data_ptr(), out.data_ptr())
+    _check(lib, status, "bqq_matmul_reference")
+    return out.reshape(*x.shape[:-1], weight.out_features)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason): whether cuda_matmul can run here, and why not."""
+    if not torch.cuda.is_available():
+        return False, "torch reports no CUDA device (CPU-only torch build or no GPU)"
+    try:
+        cuda_library()
+    except LibraryNotFound as exc:
+        return False, str(exc)
+    return True, "ok"
+
+
+def cuda_available() -> bool:
+    """True when torch sees a GPU and the CUDA library is built; cuda_status() gives the reason."""
+    return cuda_status()[0]
+
+
+def cuda_matmul(x: torch.Tensor, weight: BQQWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x W_hat^T + bias with the CUDA kernels, on x's device and torch's current stream.
+    x: fp16 or fp32 CUDA tensor [..., K]; the output has x's dtype. `out`, if given, is a
+    contiguous tensor of x's dtype with rows * M elements that receives the result."""
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"cuda_matmul supports float16 and float32 inputs, got {x.dtype}")
+    if not x.is_cuda:
+        raise ValueError(f"cuda_matmul needs a CUDA input, got one on {x.device}")
+    lib = cuda_library()
+    layout = layout_of(weight)
+    y_bits, z_bits, scales = _checked_tensors(lib, weight, layout, x.device)
+    rows = _rows2d(x, weight)
+    bias = None if weight.bias is None else weight.bias.to(device=x.device, dtype=x.dtype).contiguous()
+    if out is None:
+        out = torch.empty(rows.shape[0], weight.out_features, dtype=x.dtype, device=x.device)
+    elif (out.dtype != x.dtype or out.device != x.device or not out.is_contiguous()
+          or out.numel() != rows.shape[0] * weight.out_features):
+        raise ValueError(f"out: {out.dtype} {tuple(out.shape)} on {out.device}, need a contiguous "
+                         f"{x.dtype} tensor of {rows.shape[0]} x {weight.out_features} on {x.device}")
+    dtype = _DTYPES[x.dtype]
+    with torch.cuda.device(x.device):
+        ws_bytes = lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), rows.shape[0], dtype)
+        workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=x.device)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        status = lib.bqq_matmul_cuda(ctypes.byref(layout), rows.shape[0], dtype, rows.data_ptr(),
+                                     y_bits.data_ptr(), z_bits.data_ptr(), scales.data_ptr(),
+                                     None if bias is None else bias.data_ptr(), out.data_ptr(),
+                                     workspace.data_ptr(), ws_bytes, stream)
+    _check(lib, status, "bqq_matmul_cuda")
+    return out.reshape(*x.shape[:-1], weight.out_features)

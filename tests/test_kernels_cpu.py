@@ -1,0 +1,145 @@
+"""The native CPU reference (libbqq_matmul_ref) against the Python reference, the C ABI's
+layout and argument checks, and the CUDA library's argument checks (which run before any
+CUDA call, so they need no GPU)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+
+from bqq_deploy import kernels
+from bqq_deploy.format import expected_shapes
+from bqq_deploy.nn import reference_matmul
+
+
+def _library(loader):
+    try:
+        return loader()
+    except kernels.LibraryNotFound as exc:
+        pytest.skip(f"native library not built: {exc}")
+
+
+@pytest.fixture(scope="module")
+def ref_lib():
+    return _library(kernels.ref_library)
+
+
+SHAPES = [  # (M, K, g_r, g_c, rank, stacks, bias, rows): tails in M and K, g_r != g_c,
+    # rank not a multiple of 32 (20, 40, 3), rank > 32 (two words), p = 1..3
+    (64, 64, 64, 64, 32, 2, True, 1),
+    (70, 100, 32, 48, 20, 3, True, 5),
+    (33, 130, 64, 64, 40, 1, False, 16),
+    (5, 9, 8, 4, 3, 2, True, 33),
+    (100, 90, 24, 40, 40, 2, False, 17),
+    (40, 300, 16, 128, 70, 1, True, 2),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cpp_reference_matches_python(ref_lib, make_weight, shape):
+    *fields, bias, rows = shape
+    weight = make_weight(*fields, bias=bias, seed=sum(fields))
+    x = torch.randn(rows, weight.in_features, generator=torch.Generator().manual_seed(rows))
+    want = reference_matmul(x, weight)
+    got = kernels.reference_matmul_cpp(x, weight)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    # C++ sums in double, Python in fp32 (einsum order): the gap is fp32 rounding of O(K*l)
+    # terms, a few hundred ulps of max|y|; a layout mistake is O(max|y|).
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_cpp_reference_keeps_leading_dims(ref_lib, make_weight):
+    weight = make_weight(16, 32, 8, 8, 4, 2)
+    x = torch.randn(2, 3, 32)
+    assert kernels.reference_matmul_cpp(x, weight).shape == (2, 3, 16)
+
+
+def test_element_counts_follow_format(ref_lib):
+    fields = {"M": 70, "K": 100, "g_r": 32, "g_c": 48, "l": 40, "p": 3}
+    layout = kernels._Layout(70, 100, 32, 48, 40, 3)
+    shapes = expected_shapes(fields)
+    assert ref_lib.bqq_y_bits_words(ctypes.byref(layout)) == torch.Size(shapes["y_bits"]).numel()
+    assert ref_lib.bqq_z_bits_words(ctypes.byref(layout)) == torch.Size(shapes["z_bits"]).numel()
+    assert ref_lib.bqq_scale_count(ctypes.byref(layout)) == torch.Size(shapes["scales"]).numel()
+
+
+BAD_FIELDS = [("M", 0), ("K", -3), ("group_rows", 4097), ("group_cols", 0), ("rank", 5000),
+              ("stacks", 17)]
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS)
+def test_layout_check_names_the_field(ref_lib, field, value):
+    layout = kernels._Layout(64, 64, 64, 64, 32, 2)
+    setattr(layout, field, value)
+    assert ref_lib.bqq_layout_check(ctypes.byref(layout)) == kernels.BQQ_ERR_INVALID_ARGUMENT
+    assert f"{field}={value}" in ref_lib.bqq_last_error().decode()
+    assert ref_lib.bqq_y_bits_words(ctypes.byref(layout)) == 0
+
+
+def test_reference_rejects_null_pointer(ref_lib):
+    layout = kernels._Layout(8, 8, 8, 8, 4, 1)
+    x = torch.zeros(1, 8)
+    status = ref_lib.bqq_matmul_reference(ctypes.byref(layout), 1, x.data_ptr(), None, None, None,
+                                          None, x.data_ptr())
+    assert status == kernels.BQQ_ERR_INVALID_ARGUMENT
+    assert ref_lib.bqq_last_error().decode() == "y_bits is NULL"
+
+
+def test_binding_checks_tensor_sizes(ref_lib, make_weight):
+    weight = make_weight(16, 32, 8, 8, 4, 2)
+    weight.z_bits = weight.z_bits[:1]
+    with pytest.raises(kernels.KernelError, match="z_bits: .* layout needs"):
+        kernels.reference_matmul_cpp(torch.randn(1, 32), weight)
+
+
+def test_missing_library_names_path_and_make_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("BQQ_LIB_DIR", str(tmp_path))
+    kernels.ref_library.cache_clear()
+    try:
+        with pytest.raises(kernels.LibraryNotFound, match="make native") as info:
+            kernels.ref_library()
+        assert str(Path(tmp_path)) in str(info.value)
+    finally:
+        kernels.ref_library.cache_clear()
+
+
+# --- CUDA library: argument checks happen before any CUDA call -----------------------------
+
+@pytest.fixture(scope="module")
+def cuda_lib():
+    return _library(kernels.cuda_library)
+
+
+def _cuda_call(lib, layout, rows, *, x=1 << 20, y=1 << 20, z=1 << 20, s=1 << 20, out=1 << 20,
+               dtype=1, ws=None, ws_bytes=0):
+    # Fake, aligned, never-dereferenced addresses: every call here must fail validation.
+    return lib.bqq_matmul_cuda(ctypes.byref(layout), rows, dtype, x, y, z, s, None, out, ws, ws_bytes, None)
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS)
+def test_cuda_rejects_bad_layout(cuda_lib, field, value):
+    layout = kernels._Layout(64, 64, 64, 64, 32, 2)
+    setattr(layout, field, value)
+    assert _cuda_call(cuda_lib, layout, 4) == kernels.BQQ_ERR_INVALID_ARGUMENT
+    assert f"{field}={value}" in cuda_lib.bqq_last_error().decode()
+
+
+def test_cuda_rejects_bad_arguments(cuda_lib):
+    layout = kernels._Layout(64, 64, 64, 64, 32, 2)
+    err = kernels.BQQ_ERR_INVALID_ARGUMENT
+    assert _cuda_call(cuda_lib, layout, -1) == err and "rows=-1" in cuda_lib.bqq_last_error().decode()
+    assert _cuda_call(cuda_lib, layout, 4, dtype=7) == err and "dtype=7" in cuda_lib.bqq_last_error().decode()
+    assert _cuda_call(cuda_lib, layout, 4, z=None) == err
+    assert cuda_lib.bqq_last_error().decode() == "z_bits is NULL"
+    assert _cuda_call(cuda_lib, layout, 4, x=(1 << 20) + 2, dtype=0) == err
+    assert cuda_lib.bqq_last_error().decode() == "x is not 4-byte aligned"
+    # rows <= 16 use the small-batch kernel and need rows * M fp32 of workspace.
+    need = cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), 4, 1)
+    assert need == 4 * 64 * 4
+    assert _cuda_call(cuda_lib, layout, 4, ws=1 << 20, ws_bytes=need - 1) == err
+    assert f"need {need} bytes" in cuda_lib.bqq_last_error().decode()
+    assert cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), 17, 1) == 0
+    assert _cuda_call(cuda_lib, layout, 0) == kernels.BQQ_OK  # nothing to do, nothing touched
