@@ -323,19 +323,8 @@ int32_t BQQMatMulPlugin::configurePlugin(
 size_t BQQMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
     DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
-    // The kernels' workspace is not monotonic in rows (the small-batch path needs one, the
-    // tiled path none), so reserve the largest over the profile's rows: every row count of
-    // the first kScanRows of the range (where the small-batch path lives), and the maximum.
-    constexpr int64_t kScanRows = 4096;
-    BQQDataType const dtype = toBQQType(inputs[kInputX].desc.type);
-    int64_t const minRows = std::max<int64_t>(1, leadingRows(inputs[kInputX].min));
-    int64_t const maxRows = leadingRows(inputs[kInputX].max);
-    size_t bytes = bqq_matmul_cuda_workspace(&mLayout, maxRows, dtype);
-    for (int64_t rows = minRows; rows < maxRows && rows < minRows + kScanRows; ++rows)
-    {
-        bytes = std::max(bytes, bqq_matmul_cuda_workspace(&mLayout, rows, dtype));
-    }
-    return bytes;
+    // bqq_matmul_cuda_workspace never decreases with rows: the profile's maximum covers all.
+    return bqq_matmul_cuda_workspace(&mLayout, leadingRows(inputs[kInputX].max), toBQQType(inputs[kInputX].desc.type));
 }
 
 int32_t BQQMatMulPlugin::onShapeChange(

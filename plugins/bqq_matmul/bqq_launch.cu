@@ -5,6 +5,7 @@
 //   fp16 and an sm_80+ image    bqq_tiled.cu  tensor-core (mma.sync) tiles
 //   otherwise (fp32, sm_75/72)  bqq_tiled.cu  SIMT fp32 tiles
 // No kernel is launched before every check has passed.
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <type_traits>
@@ -129,11 +130,17 @@ BQQStatus run(const bqq::Shape& sh, const bqq::Weights& w, int64_t rows, const v
     return launch_error(bqq::launch_tiled_simt<T>(sh, w, rows, xt, bt, ot, stream), "BQQ tiled kernel launch");
 }
 
+// Bytes the small-batch path accumulates into; the tiled path needs none.
+size_t gemv_workspace(const BQQLayout* layout, int64_t rows) {
+    return rows <= kGemvMaxRows ? size_t(rows) * size_t(layout->M) * sizeof(float) : 0;
+}
+
 }  // namespace
 
+// Non-decreasing in rows (see the header), so callers size it once for their largest batch.
 extern "C" size_t bqq_matmul_cuda_workspace(const BQQLayout* layout, int64_t rows, BQQDataType /*dtype*/) {
-    if (bqq_layout_check(layout) != BQQ_OK || rows <= 0 || rows > kGemvMaxRows) return 0;
-    return size_t(rows) * size_t(layout->M) * sizeof(float);
+    if (bqq_layout_check(layout) != BQQ_OK || rows <= 0) return 0;
+    return gemv_workspace(layout, std::min(rows, kGemvMaxRows));
 }
 
 extern "C" BQQStatus bqq_matmul_cuda(const BQQLayout* layout, int64_t rows, BQQDataType dtype,
@@ -160,7 +167,7 @@ extern "C" BQQStatus bqq_matmul_cuda(const BQQLayout* layout, int64_t rows, BQQD
     for (const auto& p : pointers)
         if (check_pointer(p.name, p.ptr, p.align) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
     if (bias != nullptr && check_pointer("bias", bias, elem) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
-    const size_t need = bqq_matmul_cuda_workspace(layout, rows, dtype);
+    const size_t need = gemv_workspace(layout, rows);
     if (need > 0) {
         if (workspace_bytes < need || check_pointer("workspace", workspace, 4) != BQQ_OK) {
             bqq_set_error("workspace: %zu bytes at %p, need %zu bytes (4-byte aligned) for rows=%lld, M=%d; "

@@ -11,7 +11,8 @@
 extern "C" {
 #endif
 
-// Scratch bytes bqq_matmul_cuda needs for these sizes (may be 0). Callers allocate it.
+// Scratch bytes bqq_matmul_cuda needs for up to `rows` rows (may be 0). Never decreases as
+// rows grows, so the size for a profile's largest batch serves every smaller one.
 size_t bqq_matmul_cuda_workspace(const BQQLayout* layout, int64_t rows, BQQDataType dtype);
 
 // out[rows, M] = x[rows, K] W_hat^T + bias, all device pointers, enqueued on stream.
