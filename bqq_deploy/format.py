@@ -206,11 +206,18 @@ def atomic_write_bytes(path: str | os.PathLike, chunks) -> None:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp's 0600 is not what users expect
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_layers(path: str | os.PathLike, layers: dict[str, BQQWeight]) -> None:

@@ -146,3 +146,13 @@ def test_dequantize_matches_the_block_formula(make_weight):
                    + d[k, 1, 1] for k in range(2))
     assert dense.shape == (5, 7)
     assert torch.isclose(dense[4, 6], expected, rtol=1e-6)
+
+
+def test_atomic_write_honours_the_umask(tmp_path, make_weight):
+    import os
+    old = os.umask(0o022)
+    try:
+        save_layers(tmp_path / "w.bqq.safetensors", {"fc": make_weight(8, 8, 8, 8, 4, 1)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.bqq.safetensors").stat().st_mode & 0o777 == 0o644
