@@ -1,0 +1,156 @@
+"""Accuracy of a candidate back end (the BQQ model, ONNX or TensorRT) against a reference (the
+original model) on the same inputs, checked against user-set tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .backends import Backend
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Pass criteria; None disables a check.
+
+    min_cosine  cosine similarity of the flattened outputs (all inputs together)
+    max_rel     max |candidate - reference| / max |reference| (relative to the largest
+                reference magnitude, not element-wise, so near-zero elements do not dominate)
+    min_top1    fraction of rows whose arg-max agrees (logit outputs only)
+    """
+
+    min_cosine: float | None = 0.99
+    max_rel: float | None = None
+    min_top1: float | None = 0.95
+
+
+@dataclass
+class OutputMetrics:
+    """Metrics of one output over every validation input."""
+
+    name: str
+    reference_name: str
+    shape: list[int]
+    cosine: float
+    max_abs: float
+    max_rel: float
+    top1: float | None = None  # None when the output is not treated as logits
+
+
+@dataclass
+class ValidationResult:
+    reference: str
+    candidate: str
+    samples: int
+    tolerances: Tolerances
+    outputs: list[OutputMetrics] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "reference": self.reference, "candidate": self.candidate,
+                "samples": self.samples, "tolerances": asdict(self.tolerances),
+                "max_rel_definition": "max|candidate - reference| / max|reference|",
+                "outputs": [asdict(o) for o in self.outputs], "failures": list(self.failures)}
+
+    def to_markdown(self) -> str:
+        tol = self.tolerances
+        lines = [f"**{'PASSED' if self.passed else 'FAILED'}**: candidate `{self.candidate}` vs "
+                 f"reference `{self.reference}` on {self.samples} input batch(es).", "",
+                 "| output | shape | cosine | max abs err | max rel err | top-1 agreement |",
+                 "|---|---|---|---|---|---|"]
+        for o in self.outputs:
+            top1 = "-" if o.top1 is None else f"{o.top1:.4f}"
+            lines.append(f"| {o.name} | {o.shape} | {o.cosine:.6f} | {o.max_abs:.4g} | "
+                         f"{o.max_rel:.4g} | {top1} |")
+        lines += ["", "max rel err = max|candidate - reference| / max|reference| over the output.",
+                  f"Tolerances: min cosine {_fmt(tol.min_cosine)}, max rel {_fmt(tol.max_rel)}, "
+                  f"min top-1 {_fmt(tol.min_top1)} (off = not checked)."]
+        if self.failures:
+            lines += ["", "Failures:", ""] + [f"- {f}" for f in self.failures]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "off" if value is None else f"{value:g}"
+
+
+def validate(reference: Backend, candidate: Backend, inputs: list[dict[str, np.ndarray]],
+             tolerances: Tolerances | None = None, *, logits: bool | None = None) -> ValidationResult:
+    """Run both back ends on every feed dict of inputs and compare the outputs.
+
+    Outputs are paired by name when the names agree, otherwise by position. Top-1 agreement
+    is computed for 2-D [batch, classes] float outputs (logits=None), for every output
+    (logits=True) or for none (logits=False).
+    """
+    if not inputs:
+        raise ValueError("validate needs at least one input batch")
+    tolerances = tolerances or Tolerances()
+    ref_runs = [reference.run(feeds) for feeds in inputs]
+    cand_runs = [candidate.run(feeds) for feeds in inputs]
+    result = ValidationResult(reference.name, candidate.name, len(inputs), tolerances)
+    for cand_name, ref_name in _pair_outputs(list(cand_runs[0]), list(ref_runs[0]), result):
+        ref = [np.asarray(run[ref_name]) for run in ref_runs]
+        cand = [np.asarray(run[cand_name]) for run in cand_runs]
+        mismatched = [(r.shape, c.shape) for r, c in zip(ref, cand) if r.shape != c.shape]
+        if mismatched:
+            result.failures.append(f"{cand_name}: shape {mismatched[0][1]} differs from the "
+                                   f"reference's {mismatched[0][0]}")
+            continue
+        metrics = compare_arrays(cand_name, ref_name, ref, cand, logits)
+        result.outputs.append(metrics)
+        result.failures += _check(metrics, tolerances)
+    return result
+
+
+def _pair_outputs(cand: list[str], ref: list[str], result: ValidationResult) -> list[tuple[str, str]]:
+    if set(cand) == set(ref):
+        return [(name, name) for name in cand]
+    if len(cand) != len(ref):
+        result.failures.append(f"candidate outputs {cand} and reference outputs {ref} differ in "
+                               "number and name: cannot pair them")
+        return []
+    return list(zip(cand, ref))
+
+
+def compare_arrays(name: str, reference_name: str, ref: list[np.ndarray], cand: list[np.ndarray],
+                   logits: bool | None = None) -> OutputMetrics:
+    """Metrics over a list of per-batch arrays (equal shapes pairwise), in float64."""
+    r = np.concatenate([a.astype(np.float64).ravel() for a in ref])
+    c = np.concatenate([a.astype(np.float64).ravel() for a in cand])
+    diff = np.abs(c - r)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    ref_peak = float(np.abs(r).max()) if r.size else 0.0
+    max_rel = max_abs / ref_peak if ref_peak > 0 else (0.0 if max_abs == 0 else float("inf"))
+    norms = float(np.linalg.norm(r) * np.linalg.norm(c))
+    if norms > 0:
+        cosine = float(np.dot(r, c) / norms)
+    else:  # both all-zero agree perfectly; one zero and one not do not
+        cosine = 1.0 if max_abs == 0 else 0.0
+    if not np.isfinite(c).all():
+        cosine, max_abs, max_rel = float("nan"), float("inf"), float("inf")
+    is_logits = logits if logits is not None else (
+        ref[0].ndim == 2 and ref[0].shape[1] > 1 and np.issubdtype(ref[0].dtype, np.floating))
+    top1 = None
+    if is_logits:
+        ref_top = np.concatenate([a.reshape(-1, a.shape[-1]).argmax(-1) for a in ref])
+        cand_top = np.concatenate([a.reshape(-1, a.shape[-1]).argmax(-1) for a in cand])
+        top1 = float((ref_top == cand_top).mean())
+    return OutputMetrics(name, reference_name, list(ref[0].shape), cosine, max_abs, max_rel, top1)
+
+
+def _check(m: OutputMetrics, tol: Tolerances) -> list[str]:
+    failures = []
+    # "not >=" so that NaN fails too.
+    if tol.min_cosine is not None and not m.cosine >= tol.min_cosine:
+        failures.append(f"{m.name}: cosine similarity {m.cosine:.6f} < {tol.min_cosine:g}")
+    if tol.max_rel is not None and not m.max_rel <= tol.max_rel:
+        failures.append(f"{m.name}: max relative error {m.max_rel:.4g} > {tol.max_rel:g} "
+                        "(max|diff| / max|reference|)")
+    if tol.min_top1 is not None and m.top1 is not None and not m.top1 >= tol.min_top1:
+        failures.append(f"{m.name}: top-1 agreement {m.top1:.4f} < {tol.min_top1:g}")
+    return failures
