@@ -1,0 +1,160 @@
+"""bqq-export: quantise a model's linear layers with BQQ and write an ONNX / TensorRT bundle."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .common import UsageError, add_verbosity, run
+
+PROG = "bqq-export"
+log = logging.getLogger(PROG)
+
+EPILOG = """\
+examples:
+  # TorchScript model with a models/NAME.json sidecar giving its input shape
+  bqq-export models/digits_vit.pt --target onnx -o out/digits_bits2
+
+  # 3 bits, best preset, calibrated on 256 unlabeled samples (arrays keyed by input name)
+  bqq-export model.pt --input-shape 1x3x224x224 --bits 3 --quality best \\
+      --calib calib.npz -o out/vit_bits3
+
+  # an ONNX file (no PyTorch model needed), keep the classifier head in float
+  bqq-export model.onnx --exclude 'head*' -o out/bundle
+
+  # TensorRT bundle to build on a Jetson (copy out/trt there and run ./build_engine.sh)
+  bqq-export model.pt2 --target trt --build-on-device -o out/trt
+
+  # two inputs with names and dtypes; the first dimension (batch) stays dynamic
+  bqq-export encoder.pt --input-shape ids:1x128:int64 --input-shape mask:1x128:int64 -o out/enc
+
+exit status: 0 success, 2 bad input (one-line error, nothing written), 1 failed check.
+See docs/CLI.md for every flag and docs/ONNX.md for the files in a bundle.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Quantise the linear layers of MODEL (TorchScript .pt, torch.export .pt2 or "
+                    ".onnx) with Binary Quadratic Quantization and write a bundle directory: "
+                    "model.onnx (runs in stock ONNX Runtime), model.trt.onnx and "
+                    "model.trt.fp16.onnx (BQQMatMul TensorRT plugin nodes), "
+                    "layers.bqq.safetensors and report.json / report.md.")
+    parser.add_argument("model", type=Path, help="model file: .pt/.pth/.ts (TorchScript), .pt2 "
+                        "(torch.export), .onnx")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument("--target", choices=("onnx", "trt"), default="onnx",
+                        help="onnx: ONNX files only; trt: also build the TensorRT engine where "
+                             "TensorRT is installed, else the bundle to build on the device "
+                             "(default: onnx)")
+    quant = parser.add_argument_group("quantiser (defaults: the --quality preset)")
+    quant.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced",
+                       help="solver preset (default: balanced)")
+    quant.add_argument("--bits", type=int, help="stacks p, about p bits per weight (1..16)")
+    quant.add_argument("--group-size", type=_group_size, metavar="G|GRxGC",
+                       help="block shape: 64 for 64x64 blocks, or 32x128")
+    quant.add_argument("--steps", type=int, help="annealing steps per stack")
+    quant.add_argument("--seed", type=int, help="solver seed (same seed, same device: same bits)")
+    quant.add_argument("--device", help="solver device: auto, cpu, cuda, cuda:1 (default: auto)")
+    quant.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="keep layers in float whose layer, weight or node name matches this "
+                            "fnmatch pattern, e.g. 'head*' (repeatable)")
+    quant.add_argument("--calib", type=Path, metavar="FILE.npz",
+                       help="unlabeled inputs for output-aware calibration: arrays keyed by "
+                            "input name, or one array for a one-input model")
+    model = parser.add_argument_group("model inputs")
+    model.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]DIMS[:DTYPE]",
+                       help="input shape such as 2x16x128 or ids:1x128:int64 (repeatable, one "
+                            "per input); overrides shapes from the file or its .json sidecar; "
+                            "the first dimension is the batch and stays dynamic")
+    model.add_argument("--allow-pickle", action="store_true",
+                       help="load a pickled nn.Module (torch.save(model)); unpickling runs "
+                            "arbitrary code from the file, so only use files you trust")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--build-on-device", action="store_true",
+                        help="--target trt: do not build an engine here even if TensorRT is "
+                             "installed; write the bundle to build on the target device")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="skip the latency benchmark at the end (accuracy checks still run)")
+    add_verbosity(parser)
+    return parser
+
+
+def _group_size(text: str):
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not G or GRxGC") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return tuple(parts)
+    raise argparse.ArgumentTypeError(f"{text!r} is not G or GRxGC")
+
+
+def make_config(args: argparse.Namespace):
+    """BQQConfig from --quality and the explicit overrides."""
+    from ..config import BQQConfig
+
+    overrides = {key: value for key, value in (
+        ("bits", args.bits), ("group_size", args.group_size), ("steps", args.steps),
+        ("seed", args.seed), ("device", args.device)) if value is not None}
+    try:
+        return BQQConfig.preset(args.quality, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def handle(args: argparse.Namespace) -> int:
+    from ..export import export_bundle, load_model
+
+    if args.build_on_device and args.target != "trt":
+        raise UsageError("--build-on-device only applies to --target trt")
+    if args.calib is not None and not args.calib.is_file():
+        raise UsageError(f"{args.calib}: calibration file not found")
+    config = make_config(args)
+    source = load_model(args.model, input_shapes=args.input_shape, allow_pickle=args.allow_pickle)
+    report = export_bundle(source, args.output, config=config, target=args.target,
+                           exclude=args.exclude, calib=args.calib, force=args.force,
+                           build_on_device=args.build_on_device, progress=not args.quiet,
+                           bench_iters=0 if args.no_validate else 50,
+                           allow_pickle=args.allow_pickle)
+    if not args.quiet:
+        print(summary(report, args.output))
+    return 0
+
+
+def summary(report: dict, out: Path) -> str:
+    """The short table printed at the end of an export."""
+    q = report["sizes"]["quantised_layers"]
+    files = report["sizes"]["files"]
+    rows = [("layers quantised", f"{len(report['layers'])} ({len(report['skipped'])} left in float)"),
+            ("bits per weight", f"{q['bits_per_weight']:.3f}"),
+            ("quantised bytes vs fp16", f"{q['ratio_vs_fp16']:.4f}x"),
+            ("model.onnx", f"{files['model.onnx'] / 2**20:.3f} MiB "
+                           f"(fp32 original {files['original fp32 ONNX'] / 2**20:.3f} MiB)")]
+    validation = report.get("validation") or {}
+    for key, label in (("vs_bqq_reference", "ORT vs float W_hat model"),
+                       ("vs_original", "ORT vs original")):
+        for output in validation.get(key, {}).get("outputs", []):
+            top1 = "" if output["top1"] is None else f", top-1 {output['top1']:.3f}"
+            rows.append((f"{label} [{output['name']}]",
+                         f"max rel {output['max_rel']:.2e}, cosine {output['cosine']:.6f}{top1}"))
+    for name, lat in (report.get("latency") or {}).items():
+        rows.append((f"latency {name}", f"p50 {lat['p50_ms']:.3f} ms (batch {lat['batch_size']})"))
+    if report.get("engine"):
+        rows.append(("tensorrt", report["engine"]["message"]))
+    rows.append(("bundle", f"{out}  (report.md)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(PROG, handle, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""bqq-export end to end: exit codes, one-line errors, no partial bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bqq_deploy.cli.export import main
+from test_export import linear_onnx, tiny_vit_file
+
+FAST = ["--quality", "fast", "--bits", "2", "--group-size", "16", "--no-validate", "-q"]
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def _one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bqq-export: error: ")
+    return lines[0]
+
+
+def test_export_torchscript_bundle(tmp_path, capsys):
+    model = tiny_vit_file(tmp_path)
+    out = tmp_path / "out" / "bundle"
+    assert main([str(model), "-o", str(out), "--quality", "fast", "--group-size", "16",
+                 "--exclude", "head.*"]) == 0
+    files = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "model.trt.onnx", "model.trt.fp16.onnx", "layers.bqq.safetensors",
+            "report.json", "report.md"} <= files
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == [{"layer": "head.weight", "onnx_node": "/head/Gemm",
+                                  "reason": "--exclude head.*"}]
+    assert len(report["layers"]) == 6 and report["validation"]["vs_bqq_reference"]["passed"]
+    summary = capsys.readouterr().out
+    assert "quantised bytes vs fp16" in summary and "ORT vs float W_hat model" in summary
+    assert _leftovers(out.parent) == []
+    # an existing non-empty bundle is refused, then replaced with --force
+    assert main([str(model), "-o", str(out), *FAST]) == 2
+    assert "not empty (pass --force" in _one_line_error(capsys.readouterr().err)
+    assert main([str(model), "-o", str(out), *FAST, "--force"]) == 0
+    assert len(json.loads((out / "report.json").read_text())["layers"]) == 7
+    assert _leftovers(out.parent) == []
+
+
+def test_export_onnx_target_trt_writes_device_bundle(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    linear_onnx(path)
+    out = tmp_path / "trt"
+    assert main([str(path), "--target", "trt", "--build-on-device", "-o", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"]["status"] == "bundle" and "--build-on-device" in report["engine"]["message"]
+    assert (out / "model.trt.fp16.onnx").is_file()
+
+
+@pytest.mark.parametrize("name, content, extra, message", [
+    ("bad.onnx", b"\x08\x07garbage", [], "not a valid ONNX model"),
+    ("model.xyz", b"data", [], "unsupported model file extension"),
+    ("good.onnx", None, ["--input-shape", "2x5"], "does not fit input 'x'"),
+    ("good.onnx", None, ["--input-shape", "2by5"], "expected DIMS"),
+    ("vit.pt", None, ["--input-shape", "2x3x8x8"], "does not run on input shape"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_bundle(tmp_path, capsys, name, content, extra, message):
+    path = tmp_path / name
+    if name == "good.onnx":
+        linear_onnx(path)
+    elif name == "vit.pt":
+        path = tiny_vit_file(tmp_path)
+    else:
+        path.write_bytes(content)
+    out = tmp_path / "out"
+    assert main([str(path), "-o", str(out), *FAST, *extra]) == 2
+    assert message in _one_line_error(capsys.readouterr().err)
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_unwritable_output_parent_exits_2(tmp_path, capsys):
+    path = tmp_path / "mlp.onnx"
+    linear_onnx(path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main([str(path), "-o", str(blocker / "bundle"), *FAST]) == 2
+    assert "is not a directory" in _one_line_error(capsys.readouterr().err)
+    if os.geteuid() != 0:  # root writes anywhere: the permission case needs a normal user
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main([str(path), "-o", str(locked / "bundle"), *FAST]) == 2
+        assert "not writable" in _one_line_error(capsys.readouterr().err)
+        assert list(locked.iterdir()) == []
+
+
+def test_bad_calibration_file_exits_2(tmp_path, capsys):
+    import numpy as np
+
+    path = tmp_path / "mlp.onnx"
+    linear_onnx(path)
+    np.savez(tmp_path / "calib.npz", np.zeros((4, 7), np.float32))
+    assert main([str(path), "-o", str(tmp_path / "out"), *FAST, "--calib",
+                 str(tmp_path / "calib.npz")]) == 2
+    assert "has shape [4, 7], the model expects ['n', 48]" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_subprocess(tmp_path):
+    script = shutil.which("bqq-export", path=str(Path(sys.executable).parent))
+    assert script, "bqq-export console script is not installed (pip install -e .)"
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00\x01 not onnx")
+    proc = subprocess.run([script, str(bad), "-o", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a valid ONNX model" in proc.stderr
+    help_text = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "examples:" in help_text and "--allow-pickle" in help_text
