@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from .. import engine
-from .common import CheckFailed, UsageError, add_verbosity, run
+from .common import UsageError, add_verbosity, run
 
 PROG = "bqq-build"
 log = logging.getLogger(PROG)
@@ -66,10 +66,6 @@ def handle(args: argparse.Namespace) -> int:
         manifest = engine.build_engine(args.bundle, plugin_path=args.plugin, precision=args.precision,
                                        max_batch=args.max_batch, workspace_mb=workspace,
                                        timing_cache=args.timing_cache, log=log)
-    except (engine.EngineMismatch, engine.EngineBuildFailed) as exc:
-        raise CheckFailed(str(exc)) from exc
-    except engine.EngineError as exc:  # TensorRT, GPU or plugin library missing
-        raise UsageError(str(exc)) from exc
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     log.info("engine: %s (%s, TensorRT %s, %s sm_%s)", args.bundle / engine.ENGINE,

@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Callable
 
+from ..engine import EngineBuildFailed, EngineError, EngineMismatch
 from ..format import FormatError
 
 EXIT_OK = 0
@@ -42,13 +43,13 @@ def run(prog: str, handler: Callable[[argparse.Namespace], int | None],
     configure_logging(args)
     try:
         return handler(args) or EXIT_OK
-    except (UsageError, FormatError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError) as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CheckFailed as exc:
+    except (CheckFailed, EngineMismatch, EngineBuildFailed) as exc:
         print(f"{prog}: check failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED_CHECK
+    except (UsageError, FormatError, EngineError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError) as exc:  # EngineError: TensorRT/GPU/plugin missing
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
