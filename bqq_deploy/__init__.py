@@ -2,9 +2,11 @@
 
 from .config import BQQConfig
 from .format import BQQWeight, FormatError, load_layers, save_layers
-from .nn import BQQLinear
+from .nn import BQQLinear, QuantizationReport, quantize_model
+from .quantize import quantize_weight, quantize_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["BQQConfig", "BQQWeight", "BQQLinear", "FormatError", "load_layers", "save_layers",
+__all__ = ["BQQConfig", "BQQWeight", "BQQLinear", "FormatError", "QuantizationReport",
+           "load_layers", "quantize_model", "quantize_weight", "quantize_weights", "save_layers",
            "__version__"]

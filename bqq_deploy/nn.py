@@ -3,10 +3,17 @@ docs/FORMAT.md section 3; it never builds the dense weight."""
 
 from __future__ import annotations
 
+import fnmatch
+import logging
+import math
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
 from .format import BQQWeight, unpack_bits
+
+_log = logging.getLogger(__name__)
 
 # Rows of x handled per chunk by the reference forward: bounds the [p, N, R, C, l]
 # intermediate to a few hundred MB on large layers.
@@ -65,9 +72,159 @@ class BQQLinear(nn.Module):
                          self.rank, self.y_bits, self.z_bits, self.scales, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import kernels  # the native binding is optional: CPU-only installs skip it
+
+        if x.is_cuda and x.dtype in (torch.float16, torch.float32) and kernels.cuda_available():
+            return kernels.cuda_matmul(x, self.packed)  # casts the bias to x's dtype
         return reference_matmul(x, self.packed).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"group=({self.group_rows}, {self.group_cols}), rank={self.rank}, "
                 f"stacks={self.scales.shape[0]}, bias={self.bias is not None}")
+
+
+# ---------------------------------------------------------------------------------------
+# whole-model quantisation
+
+_CALIB_ROWS = 4096  # activation rows kept per layer: enough for a K x K Gram at K <= 1-2k
+
+
+@dataclass
+class QuantizationReport:
+    """What quantize_model did: one dict per nn.Linear it looked at (name, shape, mse,
+    bits_per_weight, bytes, fp16_bytes, seconds, skipped = reason or None) and the packed
+    weights of the replaced layers."""
+
+    layers: list[dict] = field(default_factory=list)
+    weights: dict[str, BQQWeight] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        done = [row for row in self.layers if row["skipped"] is None]
+        return {"layers": self.layers,
+                "replaced": len(done), "skipped": len(self.layers) - len(done),
+                "bytes": sum(row["bytes"] for row in done),
+                "fp16_bytes": sum(row["fp16_bytes"] for row in done),
+                "seconds": sum(row["seconds"] for row in done)}
+
+    def to_markdown(self) -> str:
+        lines = ["| layer | shape | weight MSE | bits/weight | bytes | fp16 bytes | seconds | note |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for row in self.layers:
+            shape = "x".join(str(n) for n in row["shape"])
+            if row["skipped"] is not None:
+                lines.append(f"| {row['name']} | {shape} | | | | {row['fp16_bytes']} | | "
+                             f"skipped: {row['skipped']} |")
+            else:
+                lines.append(f"| {row['name']} | {shape} | {row['mse']:.4g} | "
+                             f"{row['bits_per_weight']:.3f} | {row['bytes']} | {row['fp16_bytes']} | "
+                             f"{row['seconds']:.2f} | {'cache' if row.get('cache_hit') else ''} |")
+        total = self.to_dict()
+        lines.append(f"\n{total['replaced']} layers replaced, {total['skipped']} skipped; "
+                     f"{total['bytes']} bytes vs {total['fp16_bytes']} fp16 bytes.")
+        return "\n".join(lines)
+
+
+def _skip_reason(name: str, module: nn.Linear, parents: dict, config) -> str | None:
+    parent_name, _, child = name.rpartition(".")
+    parent = parents.get(parent_name)
+    if isinstance(parent, nn.MultiheadAttention) and child == "out_proj":
+        return "nn.MultiheadAttention reads out_proj.weight directly, not through forward()"
+    if type(module) is not nn.Linear:
+        return f"{type(module).__name__} is a subclass of nn.Linear with its own semantics"
+    if module.weight.numel() == 0:
+        return "empty weight"
+    g_r, g_c = config.group_shape
+    # Bits per weight once padded to whole blocks: at 16 or more BQQ saves nothing.
+    packed_bits = config.bits * (math.ceil(module.in_features / g_c) * math.ceil(module.out_features / g_r)
+                                 * (32 * ((config.rank + 31) // 32) * (g_r + g_c) + 64))
+    if packed_bits >= 16 * module.weight.numel():
+        return (f"too small for group {g_r}x{g_c}: {packed_bits / module.weight.numel():.1f} bits "
+                "per weight after padding, not less than fp16")
+    return None
+
+
+def _matches(name: str, patterns: list[str] | None) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns or [])
+
+
+def _capture_inputs(model: nn.Module, names: list[str], calib_inputs) -> dict[str, torch.Tensor]:
+    """Each named Linear's input rows [N, K] for the given model inputs (forward hooks)."""
+    modules = dict(model.named_modules())
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    handles = []
+    for name in names:
+        def hook(_module, args, _output, name=name):
+            captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
+        handles.append(modules[name].register_forward_hook(hook))
+    inputs = calib_inputs if isinstance(calib_inputs, tuple) else (calib_inputs,)
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {}
+    for name, chunks in captured.items():
+        if not chunks:
+            continue
+        rows = torch.cat(chunks)
+        if len(rows) > _CALIB_ROWS:  # evenly spaced rows: deterministic, covers all inputs
+            rows = rows[torch.linspace(0, len(rows) - 1, _CALIB_ROWS).long()]
+        out[name] = rows
+    return out
+
+
+def quantize_model(model: nn.Module, config, *, include: list[str] | None = None,
+                   exclude: list[str] | None = None, calib_inputs=None,
+                   cache_dir=None, progress: bool = True) -> "QuantizationReport":
+    """Replace the model's nn.Linear layers by BQQLinear in place.
+
+    include / exclude: fnmatch patterns on module names (include None = every Linear).
+    Layers that cannot be replaced are kept and listed with the reason (logged too).
+    calib_inputs: model inputs (a tensor or a tuple of positional arguments); each layer's
+    input activations are captured with forward hooks and used for output-aware scale
+    refit and bias correction (see quantize.quantize_weights).
+    """
+    from .quantize import quantize_weights
+
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("quantize_model needs an eager nn.Module; a TorchScript module cannot "
+                        "have submodules replaced (load the eager model, e.g. "
+                        "bqq_deploy.models.load_trained)")
+    parents = dict(model.named_modules())
+    report = QuantizationReport()
+    chosen = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if include is not None and not _matches(name, include):
+            continue
+        if _matches(name, exclude):
+            continue
+        reason = _skip_reason(name, module, parents, config)
+        row = {"name": name, "shape": [module.out_features, module.in_features], "mse": None,
+               "bits_per_weight": None, "bytes": None, "fp16_bytes": 2 * module.weight.numel(),
+               "seconds": None, "skipped": reason}
+        report.layers.append(row)
+        if reason is not None:
+            _log.info("bqq: keeping %s as nn.Linear: %s", name, reason)
+        else:
+            chosen.append(name)
+    calib = _capture_inputs(model, chosen, calib_inputs) if calib_inputs is not None else None
+    weights = {name: parents[name].weight.detach() for name in chosen}
+    biases = {name: parents[name].bias.detach() for name in chosen if parents[name].bias is not None}
+    packed = quantize_weights(weights, config, biases=biases, calib=calib, cache_dir=cache_dir,
+                              progress=progress)
+    rows = {row["name"]: row for row in report.layers}
+    for name in chosen:
+        weight = packed[name]
+        old = parents[name]
+        parent_name, _, child = name.rpartition(".")
+        new = BQQLinear(weight).to(old.weight.device)
+        setattr(parents[parent_name] if parent_name else model, child, new)
+        rows[name].update(mse=weight.info.get("mse"), bits_per_weight=weight.bits_per_weight,
+                          bytes=weight.nbytes, seconds=weight.info.get("seconds"),
+                          cache_hit=weight.info.get("cache_hit", False))
+        report.weights[name] = weight
+    return report

@@ -1,0 +1,637 @@
+"""The BQQ solver: block tiling, greedy stacks, the annealed mean-field descent of the paper,
+an SVD-sign warm start, exact discrete improvement, joint scale refinement and output-aware
+calibration. Public entry points: quantize_weight and quantize_weights.
+
+Conventions inside the solver (all batched over blocks, B = blocks of one or more layers):
+  x  [B, g_r, g_c]  target block (residual of earlier stacks), zero on padded entries
+  u  [B, g_r], v [B, g_c]  1 on real rows / columns, 0 on padding; the entry mask is u v^T,
+                    so padding never counts in any error, Gram matrix or gradient
+  y  [B, g_r, l],   z [B, l, g_c]   the binary factors (relaxed to [0, 1] while annealing)
+  s  [B, 4]         the scalars a, b, c, d of one stack
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import BQQConfig
+from .format import BQQWeight, FormatError, load_layers, pack_bits, save_layers
+
+# ---------------------------------------------------------------------------------------
+# block tiling
+
+
+def _tile(weight: torch.Tensor, g_r: int, g_c: int):
+    """[M, K] -> blocks [R*C, g_r, g_c] (zero padded) and the row / column masks u, v."""
+    rows, cols = weight.shape
+    n_rb, n_cb = math.ceil(rows / g_r), math.ceil(cols / g_c)
+    padded = torch.nn.functional.pad(weight, (0, n_cb * g_c - cols, 0, n_rb * g_r - rows))
+    blocks = padded.reshape(n_rb, g_r, n_cb, g_c).permute(0, 2, 1, 3).reshape(-1, g_r, g_c)
+    row_mask = (torch.arange(n_rb * g_r, device=weight.device) < rows).to(weight.dtype)
+    col_mask = (torch.arange(n_cb * g_c, device=weight.device) < cols).to(weight.dtype)
+    u = row_mask.reshape(n_rb, 1, g_r).expand(n_rb, n_cb, g_r).reshape(-1, g_r)
+    v = col_mask.reshape(1, n_cb, g_c).expand(n_rb, n_cb, g_c).reshape(-1, g_c)
+    return blocks.contiguous(), u.contiguous(), v.contiguous()
+
+
+def _untile(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of _tile: [R*C, g_r, g_c] -> [M, K]."""
+    _, g_r, g_c = blocks.shape
+    n_rb, n_cb = math.ceil(rows / g_r), math.ceil(cols / g_c)
+    dense = blocks.reshape(n_rb, n_cb, g_r, g_c).permute(0, 2, 1, 3).reshape(n_rb * g_r, n_cb * g_c)
+    return dense[:rows, :cols]
+
+
+def _mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u[:, :, None] * v[:, None, :]
+
+
+# ---------------------------------------------------------------------------------------
+# one stack: the exact 4x4 scale solve
+
+_PINV_RTOL = 1e-7  # relative eigenvalue cut-off of the pseudo-inverse
+
+
+def _scale_system(x, u, v, y, z):
+    """Normal equations G s = r of the masked least-squares fit of (a, b, c, d) to x.
+
+    For relaxed y, z this is the mean-field (expected) energy of independent Bernoulli bits,
+    as in the paper; for binary y, z the variance corrections vanish and it is the exact fit.
+    """
+    yz = y @ z
+    m = _mask(u, v)
+    xm = x * m
+    sy, sz = y.sum(-1), z.sum(-2)  # [B, g_r], [B, g_c]
+    y2, z2 = y * y, z * z
+    uy, uy2 = (u[:, :, None] * y).sum(1), (u[:, :, None] * y2).sum(1)  # [B, l]
+    zv, z2v = (z * v[:, None, :]).sum(-1), (z2 * v[:, None, :]).sum(-1)  # [B, l]
+    nu, nv = u.sum(-1), v.sum(-1)
+    yzm = yz * m
+    yz_v = yzm.sum(-1)  # [B, g_r]
+    u_yz = yzm.sum(-2)  # [B, g_c]
+    g00 = (yzm * yz).sum((1, 2)) + (uy * zv).sum(-1) - (uy2 * z2v).sum(-1)
+    g01 = ((sy + 1) * yz_v).sum(-1) - (uy2 * zv).sum(-1)
+    g02 = ((sz + 1) * u_yz).sum(-1) - (uy * z2v).sum(-1)
+    g03 = yz_v.sum(-1)
+    usy, vsz = (u * sy).sum(-1), (v * sz).sum(-1)
+    g11 = nv * (u * (sy * sy + sy - y2.sum(-1))).sum(-1)
+    g12 = usy * vsz
+    g13 = nv * usy
+    g22 = nu * (v * (sz * sz + sz - z2.sum(-2))).sum(-1)
+    g23 = nu * vsz
+    g33 = nu * nv
+    gram = torch.stack([g00, g01, g02, g03, g01, g11, g12, g13,
+                        g02, g12, g22, g23, g03, g13, g23, g33], -1).reshape(-1, 4, 4)
+    rhs = torch.stack([(xm * yz).sum((1, 2)), (sy * xm.sum(-1)).sum(-1),
+                       (sz * xm.sum(-2)).sum(-1), xm.sum((1, 2))], -1)
+    return gram, rhs
+
+
+def _solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Batched exact least squares from normal equations, robust to (near-)singular Grams.
+
+    Jacobi-scaled, then a pseudo-inverse through the symmetric eigendecomposition in float64:
+    directions with eigenvalue below 1e-7 of the largest are dropped. Collinear features
+    (an all-zero Y, a block with one real column, ...) thus get the minimum-norm solution
+    instead of huge cancelling scales that would overflow fp16.
+    """
+    g64, r64 = gram.double(), rhs.double()
+    diag = g64.diagonal(dim1=-2, dim2=-1)
+    scale = torch.where(diag > 0, diag.sqrt(), torch.ones_like(diag))
+    g_n = g64 / (scale[..., :, None] * scale[..., None, :])
+    evals, evecs = torch.linalg.eigh(g_n)
+    keep = evals > _PINV_RTOL * evals[..., -1:].clamp_min(1e-300)
+    inv = torch.where(keep, 1 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+    r_n = r64 / scale
+    sol = evecs @ (inv * (evecs.transpose(-1, -2) @ r_n.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)
+    return (sol.squeeze(-1) / scale).to(gram.dtype)
+
+
+def _solve_spd_fast(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """_solve_spd for the annealing loop: the relaxed (mean-field) Gram carries variance terms
+    and is positive definite in practice, so a Cholesky solve suffices; the rare failure
+    falls back to the pseudo-inverse."""
+    g64, r64 = gram.double(), rhs.double()
+    factor, info = torch.linalg.cholesky_ex(g64)
+    sol = torch.cholesky_solve(r64.unsqueeze(-1), factor).squeeze(-1)
+    bad = (info != 0) | ~torch.isfinite(sol).all(-1)
+    if bool(bad.any()):
+        sol[bad] = _solve_spd(g64[bad], r64[bad])
+    return sol.to(gram.dtype)
+
+
+def _solve_scales(x, u, v, y, z):
+    return _solve_spd(*_scale_system(x, u, v, y, z))
+
+
+def _reconstruct(y, z, s):
+    a, b, c, d = (s[:, i, None, None] for i in range(4))
+    return a * (y @ z) + b * y.sum(-1, keepdim=True) + c * z.sum(-2, keepdim=True) + d
+
+
+def _block_sse(x, u, v, y, z, s):
+    return (((_reconstruct(y, z, s) - x) ** 2) * _mask(u, v)).sum((1, 2))
+
+
+# ---------------------------------------------------------------------------------------
+# one stack: annealed mean-field descent (paper) and its warm start
+
+
+def _svd_sign_init(x, u, v, rank: int, gen: torch.Generator):
+    """Y = [U > 0], Z = [V^T > 0] of the rank-l truncated SVD of the (masked) block."""
+    xm = x * _mask(u, v)
+    left, _, right_t = torch.linalg.svd(xm, full_matrices=False)
+    k = min(rank, left.shape[-1])
+    y = (left[..., :k] > 0).to(x.dtype)
+    z = (right_t[..., :k, :] > 0).to(x.dtype)
+    if k < rank:  # rank_scale > 1: more bits than singular vectors; fill randomly
+        batch, g_r, g_c = x.shape
+        extra_y = (torch.rand(batch, g_r, rank - k, generator=gen, device=x.device) > 0.5)
+        extra_z = (torch.rand(batch, rank - k, g_c, generator=gen, device=x.device) > 0.5)
+        y = torch.cat([y, extra_y.to(x.dtype)], -1)
+        z = torch.cat([z, extra_z.to(x.dtype)], -2)
+    return y, z
+
+
+def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, callback=None):
+    """The paper's annealed mean-field descent from relaxed (y, z); returns relaxed (y, z).
+
+    Momentum step at the extrapolated point (zeta), step eta on the mean-field energy
+    gradient plus the entropy term T (y - 0.5), clamp to [0, 1], exact scale solve after
+    every step, T linear from t_start to cfg.t_end. Stops early when every block's relaxed
+    energy changed by less than cfg.early_stop_tol (relative) over the last window.
+    """
+    if steps <= 0:
+        return y, z, 0
+    eta, zeta = cfg.eta, cfg.zeta
+    y_prev = y - eta * (y - 0.5)  # the paper starts with a small velocity towards 0.5
+    z_prev = z - eta * (z - 0.5)
+    y, z = y_prev, z_prev
+    y_prev, z_prev = y_prev.clone(), z_prev.clone()
+    s = _solve_spd_fast(*_scale_system(x, u, v, y, z))
+    m = _mask(u, v)
+    u3, v3 = u[:, :, None], v[:, None, :]
+    nu3, nv3 = u.sum(-1)[:, None, None], v.sum(-1)[:, None, None]
+    x_energy = (x * x * m).sum((1, 2))
+    delta_t = (t_start - cfg.t_end) / max(steps - 1, 1)
+    window = max(50, steps // 20)
+    last_energy = None
+    done = 0
+    for step in range(steps):
+        temp = t_start - step * delta_t
+        a, b, c, d = (s[:, i, None, None] for i in range(4))
+        yf = y + zeta * (y - y_prev)
+        zf = z + zeta * (z - z_prev)
+        part = (x - (a * (yf @ zf) + b * yf.sum(-1, keepdim=True)
+                     + c * zf.sum(-2, keepdim=True) + d)) * m
+        zf_v = (zf * v3).sum(-1)[:, None, :]  # [B, 1, l]
+        zf2_v = (zf * zf * v3).sum(-1)[:, None, :]
+        y_grad = (-2 * (a * (part @ zf.transpose(1, 2)) + b * part.sum(-1, keepdim=True))
+                  + u3 * ((a * a + 2 * a * b * (1 - 2 * yf) + 2 * a * c) * zf_v
+                          - 2 * (a * c + a * a * yf) * zf2_v + b * b * (1 - 2 * yf) * nv3))
+        yf_u = (yf * u3).sum(1)[:, :, None]  # [B, l, 1]
+        yf2_u = (yf * yf * u3).sum(1)[:, :, None]
+        z_grad = (-2 * (a * (yf.transpose(1, 2) @ part) + c * part.sum(-2, keepdim=True))
+                  + v3 * ((a * a + 2 * a * b + 2 * a * c * (1 - 2 * zf)) * yf_u
+                          - 2 * (a * a * zf + a * b) * yf2_u + c * c * (1 - 2 * zf) * nu3))
+        y_new = (2 * y - y_prev - eta * (y_grad + temp * (y - 0.5))).clamp_(0, 1)
+        z_new = (2 * z - z_prev - eta * (z_grad + temp * (z - 0.5))).clamp_(0, 1)
+        y_prev, z_prev, y, z = y, z, y_new, z_new
+        gram, rhs = _scale_system(x, u, v, y, z)
+        s = _solve_spd_fast(gram, rhs)
+        done = step + 1
+        if callback is not None:
+            callback(1)
+        if cfg.early_stop_tol > 0 and done % window == 0:
+            # At the optimal scales the relaxed energy is |x|^2 - s.r (no extra work).
+            energy = x_energy - (s * rhs).sum(-1)
+            if last_energy is not None:
+                change = (last_energy - energy).abs() / (x_energy + 1e-30)
+                if bool((change < cfg.early_stop_tol).all()):
+                    break
+            last_energy = energy
+    return y, z, done
+
+
+# ---------------------------------------------------------------------------------------
+# one stack: exact discrete improvement after thresholding
+
+
+def _flip_improve(x, u, v, y, z, s, rounds: int):
+    """Greedy bit flips that provably lower the masked squared error.
+
+    Given Z and the scales, rows of W_hat depend on disjoint rows of Y, so flipping the one
+    best bit of every row at once lowers the error by the sum of the single-flip gains;
+    likewise for columns of Z. Alternates Y, Z and an exact scale refit until no flip
+    helps or `rounds` is spent. Returns (y, z, s, rounds used).
+    """
+    m = _mask(u, v)
+    nu, nv = u.sum(-1), v.sum(-1)
+    used = 0
+    for used in range(1, rounds + 1):
+        flipped = 0
+        for side in ("y", "z"):
+            a, b, c, _ = (s[:, i, None, None] for i in range(4))
+            err = (_reconstruct(y, z, s) - x) * m  # [B, g_r, g_c]
+            if side == "y":
+                coef = a * z + b  # row q of it: the change of a W_hat row when y[:, q] flips
+                cross = err @ coef.transpose(1, 2)  # [B, g_r, l]
+                self_term = ((a * a + 2 * a * b) * (z * v[:, None, :]).sum(-1)[:, None, :]
+                             + (b * b) * nv[:, None, None])
+                gain = 2 * (1 - 2 * y) * cross + u[:, :, None] * self_term
+                best, idx = gain.min(-1)  # per row
+                do = best < -1e-7 * (x * x * m).sum((1, 2))[:, None].clamp_min(1e-30)
+                rows = do.nonzero(as_tuple=True)
+                y[rows[0], rows[1], idx[rows]] = 1 - y[rows[0], rows[1], idx[rows]]
+            else:
+                coef = a * y + c  # column q: the change of a W_hat column when z[q, :] flips
+                cross = coef.transpose(1, 2) @ err  # [B, l, g_c]
+                self_term = ((a * a + 2 * a * c) * (y * u[:, :, None]).sum(1)[:, :, None]
+                             + (c * c) * nu[:, None, None])
+                gain = 2 * (1 - 2 * z) * cross + v[:, None, :] * self_term
+                best, idx = gain.min(-2)  # per column
+                do = best < -1e-7 * (x * x * m).sum((1, 2))[:, None].clamp_min(1e-30)
+                cols = do.nonzero(as_tuple=True)
+                z[cols[0], idx[cols], cols[1]] = 1 - z[cols[0], idx[cols], cols[1]]
+            flipped += int(do.sum())
+        s = _solve_scales(x, u, v, y, z)
+        if flipped == 0:
+            break
+    return y, z, s, used
+
+
+def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
+    """Binary y, z and scales s for one stack of every block in the batch."""
+    batch, g_r, g_c = x.shape
+    rank = cfg.rank
+    # Range normalisation per block (paper): the step size eta assumes unit-range data.
+    m = _mask(u, v)
+    big = torch.finfo(x.dtype).max
+    hi = torch.where(m > 0, x, torch.full_like(x, -big)).amax((1, 2))
+    lo = torch.where(m > 0, x, torch.full_like(x, big)).amin((1, 2))
+    rng = (hi - lo).clamp_min(0)
+    rng = torch.where(rng > 0, rng, torch.ones_like(rng))
+    xn = x / rng[:, None, None]
+    stats = {}
+    if cfg.init == "svd":
+        y, z = _svd_sign_init(xn, u, v, rank, gen)
+        t_start = cfg.warm_t_start
+        if cfg.steps > 0:  # soften the signs so annealing can still move them
+            y = 0.5 + cfg.warm_strength * (y - 0.5)
+            z = 0.5 + cfg.warm_strength * (z - 0.5)
+    else:
+        y = torch.rand(batch, g_r, rank, generator=gen, device=x.device, dtype=x.dtype)
+        z = torch.rand(batch, rank, g_c, generator=gen, device=x.device, dtype=x.dtype)
+        t_start = cfg.t_start
+    y, z, stats["steps"] = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, callback)
+    if callback is not None and stats["steps"] < cfg.steps:
+        callback(cfg.steps - stats["steps"])
+    y = (y > 0.5).to(x.dtype) * u[:, :, None]  # padded rows carry no bits
+    z = (z > 0.5).to(x.dtype) * v[:, None, :]
+    s = _solve_scales(xn, u, v, y, z)
+    stats["flip_rounds"] = 0
+    if cfg.flip_rounds > 0:
+        y, z, s, stats["flip_rounds"] = _flip_improve(xn, u, v, y, z, s, cfg.flip_rounds)
+    return y, z, s * rng[:, None], stats
+
+
+# ---------------------------------------------------------------------------------------
+# all stacks: joint refinement, calibration, fp16 storage
+
+
+def _features(ys, zs):
+    """Basis images of every scale: [B, 3p+1, g_r, g_c] (a_k, b_k, c_k for each stack,
+    then one shared d, since the d of all stacks only ever appear as their sum)."""
+    feats = []
+    for y, z in zip(ys, zs):
+        feats += [y @ z, y.sum(-1, keepdim=True).expand(-1, -1, z.shape[-1]),
+                  z.sum(-2, keepdim=True).expand(-1, y.shape[1], -1)]
+    feats.append(torch.ones_like(feats[0]))
+    return torch.stack(feats, 1)
+
+
+def _scales_from_joint(sol: torch.Tensor, stacks: int) -> torch.Tensor:
+    """[B, 3p+1] joint solution -> [p, B, 4] with the shared d stored in stack 0."""
+    out = sol.new_zeros(stacks, sol.shape[0], 4)
+    for k in range(stacks):
+        out[k, :, :3] = sol[:, 3 * k: 3 * k + 3]
+    out[0, :, 3] = sol[:, -1]
+    return out
+
+
+def _joint_refit(x, u, v, ys, zs) -> torch.Tensor:
+    """Least-squares re-solve of all stacks' scales together (3p+1 unknowns per block)."""
+    feats = _features(ys, zs) * _mask(u, v)[:, None]
+    flat = feats.flatten(2)
+    gram = flat @ flat.transpose(1, 2)
+    rhs = (flat * x.flatten(1)[:, None, :]).sum(-1)
+    return _scales_from_joint(_solve_spd(gram, rhs), len(ys))
+
+
+def _refit_d_after_rounding(x, u, v, ys, zs, scales16: torch.Tensor) -> torch.Tensor:
+    """With a, b, c rounded to fp16, the best shared d is the masked mean of what is left;
+    refit it (in stack 0) and round again. Returns new fp16 scales [p, B, 4]."""
+    scales = scales16.float()
+    no_d = scales.clone()
+    no_d[..., 3] = 0
+    approx = sum(_reconstruct(y, z, s) for y, z, s in zip(ys, zs, no_d))
+    m = _mask(u, v)
+    d = ((x - approx) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
+    out = no_d
+    out[0, :, 3] = d
+    return out.half()
+
+
+def _calib_refit(weight, ys, zs, u, v, hessian, grid):
+    """Scales minimising tr((W - W_hat) H (W - W_hat)^T) with H = X^T X (damped).
+
+    W_hat is linear in the scales; within one block row the unknowns of all its blocks
+    couple through H, so each block row is one exact least-squares problem with
+    C*(3p+1) unknowns. Returns [p, R*C, 4] scales (shared d of each block in stack 0).
+    """
+    n_rb, n_cb = grid
+    g_r, g_c = ys[0].shape[1], zs[0].shape[2]
+    n_feat = 3 * len(ys) + 1
+    # float64: the normal equations square the conditioning of the output-space problem.
+    hessian, weight = hessian.double(), weight.double()
+    feats = (_features(ys, zs) * _mask(u, v)[:, None]).double()  # [R*C, F, g_r, g_c]
+    feats = feats.reshape(n_rb, n_cb, n_feat, g_r, g_c)
+    k_pad = n_cb * g_c
+    h = torch.zeros(k_pad, k_pad, dtype=hessian.dtype, device=hessian.device)
+    h[: hessian.shape[0], : hessian.shape[1]] = hessian
+    h_blocks = h.reshape(n_cb, g_c, n_cb, g_c)  # [j, c, j', c']
+    rows, cols = weight.shape
+    w_pad = torch.nn.functional.pad(weight, (0, k_pad - cols, 0, n_rb * g_r - rows))
+    sols = []
+    for i in range(n_rb):
+        f = feats[i]  # [C, F, g_r, g_c]
+        # F_n H restricted to block column j': (f_n @ H[j, j']) for block j of feature n.
+        fh = torch.einsum("jfrc,jcke->jfrke", f, h_blocks)  # [C, F, g_r, C, g_c]
+        gram = torch.einsum("jfrke,kgre->jfkg", fh, f).reshape(n_cb * n_feat, n_cb * n_feat)
+        w_i = w_pad[i * g_r:(i + 1) * g_r].reshape(g_r, n_cb, g_c)
+        rhs = torch.einsum("jfrke,rke->jf", fh, w_i).reshape(-1)
+        sols.append(_solve_spd(gram[None], rhs[None])[0].reshape(n_cb, n_feat))
+    return _scales_from_joint(torch.cat(sols), len(ys)).float()
+
+
+def _pack(ys, zs, scales16, rows: int, cols: int, cfg: BQQConfig, bias) -> BQQWeight:
+    g_r, g_c = cfg.group_shape
+    n_rb, n_cb = math.ceil(rows / g_r), math.ceil(cols / g_c)
+    y_all = torch.stack(ys).reshape(len(ys), n_rb, n_cb, g_r, cfg.rank)
+    z_all = torch.stack(zs).transpose(-1, -2).reshape(len(zs), n_rb, n_cb, g_c, cfg.rank)
+    return BQQWeight(rows, cols, g_r, g_c, cfg.rank, pack_bits(y_all.cpu()), pack_bits(z_all.cpu()),
+                     scales16.reshape(len(ys), n_rb, n_cb, 4).cpu(),
+                     None if bias is None else bias.detach().float().cpu().clone())
+
+
+def _device(cfg: BQQConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _check_weight(name: str, weight, bias, calib) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.numel() == 0:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name}: weight must be a non-empty 2-D tensor [M, K], got {shape}")
+    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"{name}: weight must be floating point and finite")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{name}: bias shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+    if calib is not None and (calib.dim() != 2 or calib.shape[1] != weight.shape[1]):
+        raise ValueError(f"{name}: calibration inputs shape {tuple(calib.shape)}, expected "
+                         f"[N, {weight.shape[1]}]")
+
+
+# Below this many padded weights per batch, CPU solves run on one thread: the per-step
+# tensors are too small to split, and on a loaded machine two threads were measured 10-30x
+# slower than one (spin-waiting for a busy core).
+_SINGLE_THREAD_BELOW = 1 << 20
+
+
+def _solve_layers(weights: dict, cfg: BQQConfig, biases: dict, calib: dict, bar=None) -> dict:
+    """Quantise several layers (same group shape) as one block batch."""
+    g_r, g_c = cfg.group_shape
+    padded = sum(math.ceil(w.shape[0] / g_r) * g_r * math.ceil(w.shape[1] / g_c) * g_c
+                 for w in weights.values())
+    threads = torch.get_num_threads()
+    if _device(cfg).type == "cpu" and padded < _SINGLE_THREAD_BELOW and threads > 1:
+        torch.set_num_threads(1)
+        try:
+            return _solve_layers_on(weights, cfg, biases, calib, bar)
+        finally:
+            torch.set_num_threads(threads)
+    return _solve_layers_on(weights, cfg, biases, calib, bar)
+
+
+def _solve_layers_on(weights: dict, cfg: BQQConfig, biases: dict, calib: dict, bar=None) -> dict:
+    device = _device(cfg)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    g_r, g_c = cfg.group_shape
+    start = time.perf_counter()
+    tiles, spans = [], {}
+    offset = 0
+    for name, w in weights.items():
+        blocks, u, v = _tile(w.detach().to(device, torch.float32), g_r, g_c)
+        tiles.append((blocks, u, v))
+        spans[name] = (offset, offset + len(blocks))
+        offset += len(blocks)
+    x = torch.cat([t[0] for t in tiles])
+    u = torch.cat([t[1] for t in tiles])
+    v = torch.cat([t[2] for t in tiles])
+    m = _mask(u, v)
+    total_weights = sum(w.numel() for w in weights.values())
+    per_step = total_weights / max(cfg.steps, 1)
+    callback = None if bar is None else (lambda n: bar.update(n * per_step))
+    residual = x.clone()
+    ys, zs, ss, stack_stats, residuals = [], [], [], [], []
+    for _ in range(cfg.bits):
+        y, z, s, st = _solve_stack(residual, u, v, cfg, gen, callback)
+        if bar is not None and cfg.steps == 0:
+            bar.update(total_weights)
+        residual = residual - _reconstruct(y, z, s) * m
+        ys.append(y), zs.append(z), ss.append(s), stack_stats.append(st), residuals.append(residual)
+        if bar is not None:
+            bar.set_postfix_str(f"mse={float((residual ** 2).sum() / m.sum()):.4g}", refresh=False)
+    scales = torch.stack(ss)  # [p, B, 4]
+    if cfg.joint_refine:
+        scales = _joint_refit(x, u, v, ys, zs)
+    solve_seconds = time.perf_counter() - start
+    out = {}
+    for name, (lo, hi) in spans.items():
+        w = weights[name].detach().to(device, torch.float32)
+        lys, lzs = [y[lo:hi] for y in ys], [z[lo:hi] for z in zs]
+        lu, lv, lx = u[lo:hi], v[lo:hi], x[lo:hi]
+        lscales = scales[:, lo:hi]
+        info = {}
+        bias = biases.get(name)
+        if name in calib:
+            xc = calib[name].detach().to(device, torch.float32)
+            hess = xc.T @ xc / len(xc)
+            hess += cfg.calib_damp * hess.diagonal().mean().clamp_min(1e-12) * torch.eye(
+                len(hess), device=device)
+            lscales = _calib_refit(w, lys, lzs, lu, lv, hess, (math.ceil(w.shape[0] / g_r),
+                                                              math.ceil(w.shape[1] / g_c)))
+        scales16 = lscales.half()
+        if name not in calib:  # a d refit would undo the output-aware fit
+            refit = _refit_d_after_rounding(lx, lu, lv, lys, lzs, scales16)
+            if _stored_sse(lx, lu, lv, lys, lzs, refit) < _stored_sse(lx, lu, lv, lys, lzs, scales16):
+                scales16 = refit
+        w_hat = _untile(sum(_reconstruct(yy, zz, s) for yy, zz, s in
+                            zip(lys, lzs, scales16.float())), *w.shape)
+        if name in calib and cfg.bias_correction:
+            shift = xc.mean(0) @ (w - w_hat).T
+            bias = shift if bias is None else bias.to(device, torch.float32) + shift
+            info["bias_shift_norm"] = float(shift.norm())
+        packed = _pack(lys, lzs, scales16, *w.shape, cfg, bias)
+        info.update({
+            "mse": float(((w - w_hat) ** 2).mean()),
+            # Weight MSE after each greedy stack (fp32 scales, before any refit).
+            "greedy_mse": [float((_untile(r[lo:hi], *w.shape) ** 2).mean()) for r in residuals],
+            "steps": [st["steps"] for st in stack_stats],
+            "flip_rounds": [st["flip_rounds"] for st in stack_stats],
+            "seconds": solve_seconds * w.numel() / total_weights,
+            "batch_layers": len(weights),
+            "device": str(device),
+            "calibrated": name in calib,
+        })
+        if name in calib:
+            xc_err = xc @ (w - w_hat).T
+            info["calib_output_mse"] = float((xc_err ** 2).mean())
+        packed.info = info
+        out[name] = packed
+    return out
+
+
+def _stored_sse(x, u, v, ys, zs, scales16) -> float:
+    approx = sum(_reconstruct(y, z, s) for y, z, s in zip(ys, zs, scales16.float()))
+    return float((((x - approx) ** 2) * _mask(u, v)).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# public API
+
+
+def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tensor | None = None,
+                    calib_inputs: torch.Tensor | None = None, progress: bool = False) -> BQQWeight:
+    """Quantise one weight matrix [M, K] (out x in features) to BQQ.
+
+    All blocks are solved as one batch on config.device. With calib_inputs [N, K] (this
+    layer's input activations) the scales are refit to minimise the output error
+    |X W^T - X W_hat^T|^2 and, if config.bias_correction, the bias absorbs the mean output
+    shift. weight.info holds "mse" (weight MSE of the stored fp16 values), "seconds",
+    "steps" (annealing steps run per stack) and more.
+    """
+    calib = {} if calib_inputs is None else {"weight": calib_inputs}
+    return quantize_weights({"weight": weight}, config, biases={"weight": bias} if bias is not None else None,
+                            calib=calib or None, progress=progress)["weight"]
+
+
+def _cache_key(weight: torch.Tensor, cfg: BQQConfig, bias, calib) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    for tensor in (weight, bias, calib):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
+                     biases: dict[str, torch.Tensor] | None = None,
+                     calib: dict[str, torch.Tensor] | None = None,
+                     cache_dir: str | Path | None = None,
+                     progress: bool = True) -> dict[str, BQQWeight]:
+    """Quantise many layers; blocks of several layers share one solver batch (up to
+    config.batch_weights weights per batch).
+
+    cache_dir: one <key>.bqq.safetensors per layer, key = hash of weight, bias, calibration
+    inputs and config, written atomically after each batch; a rerun (e.g. after an
+    interruption) loads finished layers instead of solving them. The solver statistics of
+    a cached layer are read back from a JSON side file. progress: a tqdm bar on stderr
+    (weights done, ETA, error of the current batch).
+    """
+    biases = dict(biases or {})
+    calib = dict(calib or {})
+    for name, w in weights.items():
+        _check_weight(name, w, biases.get(name), calib.get(name))
+    unknown = (set(biases) | set(calib)) - set(weights)
+    if unknown:
+        raise ValueError(f"biases/calib name layers that are not in weights: {sorted(unknown)}")
+    results: dict[str, BQQWeight] = {}
+    keys = {}
+    todo = []
+    cache = Path(cache_dir) if cache_dir is not None else None
+    for name, w in weights.items():
+        if cache is not None:
+            keys[name] = _cache_key(w, config, biases.get(name), calib.get(name))
+            path = cache / f"{keys[name]}.bqq.safetensors"
+            if path.exists():
+                try:
+                    results[name] = _load_cached(path)
+                    continue
+                except (FormatError, OSError, ValueError, KeyError):
+                    pass  # unreadable cache entry: solve again and overwrite
+        todo.append(name)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(weights[n].numel() * config.bits for n in todo), unit="w",
+                   unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in _batches(todo, weights, config):
+            solved = _solve_layers({n: weights[n] for n in batch}, config,
+                                   {n: biases[n] for n in batch if n in biases},
+                                   {n: calib[n] for n in batch if n in calib}, bar)
+            for name, packed in solved.items():
+                packed.info["cache_hit"] = False
+                if cache is not None:
+                    _store_cached(cache / f"{keys[name]}.bqq.safetensors", packed)
+                results[name] = packed
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: results[name] for name in weights}
+
+
+def _batches(names: list[str], weights: dict, cfg: BQQConfig):
+    """Consecutive groups of layers with at most cfg.batch_weights (padded) weights."""
+    g_r, g_c = cfg.group_shape
+    batch, size = [], 0
+    for name in names:
+        rows, cols = weights[name].shape
+        padded = math.ceil(rows / g_r) * g_r * math.ceil(cols / g_c) * g_c
+        if batch and size + padded > cfg.batch_weights:
+            yield batch
+            batch, size = [], 0
+        batch.append(name)
+        size += padded
+    if batch:
+        yield batch
+
+
+def _store_cached(path: Path, packed: BQQWeight) -> None:
+    from .format import atomic_write_bytes
+
+    # Side file first: a layer file without its info is still a valid (resumable) entry.
+    atomic_write_bytes(path.with_suffix(".json"), [json.dumps(packed.info).encode()])
+    save_layers(path, {"layer": packed})
+
+
+def _load_cached(path: Path) -> BQQWeight:
+    packed = load_layers(path)["layer"]
+    info_path = path.with_suffix(".json")
+    packed.info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    packed.info["cache_hit"] = True
+    return packed
