@@ -16,7 +16,9 @@ class BQQConfig:
     seed        makes the solver deterministic on a given device
     device      "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     init        "svd": signs of the rank-l truncated SVD, annealed from warm_t_start with
-                the signs softened to 0.5 +- warm_strength/2; "random": the paper's start
+                step warm_eta, the signs softened to 0.5 +- warm_strength/2 and each block
+                divided by warm_norm x its RMS; "random": the paper's start (t_start, eta,
+                blocks divided by their range)
     flip_rounds rounds of exact greedy bit flips after thresholding (0 = off)
     joint_refine  re-solve all stacks' scales together by least squares after the greedy pass
     early_stop_tol  stop annealing when the relaxed energy changes less than this (relative)
@@ -28,9 +30,9 @@ class BQQConfig:
     Defaults (= preset "balanced"), chosen by measurement (docs/QUANTIZE.md): 64 x 64 blocks,
     l = 32 (one 32-bit word per packed row, 1.02 bits/weight per stack with scales) are what
     the kernels read fastest; 250 annealing steps from the SVD warm start plus bit flips cost
-    ~27-34 s per million weights per 2 stacks on one loaded CPU core (10M weights in ~5 min)
-    and reach 0.144 MSE on the 128x128 Gaussian reference (paper: 0.105 after 50,000 steps,
-    which preset "best" approaches at 2,000 steps: 0.117).
+    ~11-30 s per million weights per 2 stacks on one shared CPU core (10M weights in 2-5 min)
+    and reach 0.128 MSE on the 128x128 Gaussian reference (paper: 0.105 after 50,000 steps,
+    which preset "best" approaches at 2,000 steps: 0.111).
     """
 
     bits: int = 2
@@ -47,7 +49,9 @@ class BQQConfig:
     # Beyond the paper (docs/QUANTIZE.md has the measurements behind each default).
     init: str = "svd"
     warm_t_start: float = 0.1
-    warm_strength: float = 0.5
+    warm_strength: float = 0.8
+    warm_eta: float = 0.25
+    warm_norm: float = 7.5
     flip_rounds: int = 30
     early_stop_tol: float = 0.0
     joint_refine: bool = True
@@ -69,6 +73,9 @@ class BQQConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.init not in ("svd", "random"):
             raise ValueError(f"init must be 'svd' or 'random', got {self.init!r}")
+        if self.warm_norm <= 0 or self.warm_eta <= 0:
+            raise ValueError(f"warm_norm and warm_eta must be positive, got {self.warm_norm}, "
+                             f"{self.warm_eta}")
         if self.flip_rounds < 0:
             raise ValueError(f"flip_rounds must be >= 0, got {self.flip_rounds}")
         if self.batch_weights < 1:

@@ -160,7 +160,8 @@ def _svd_sign_init(x, u, v, rank: int, gen: torch.Generator):
     return y, z
 
 
-def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, callback=None):
+def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, eta: float,
+            callback=None):
     """The paper's annealed mean-field descent from relaxed (y, z); returns relaxed (y, z).
 
     Momentum step at the extrapolated point (zeta), step eta on the mean-field energy
@@ -170,7 +171,7 @@ def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, callback=
     """
     if steps <= 0:
         return y, z, 0
-    eta, zeta = cfg.eta, cfg.zeta
+    zeta = cfg.zeta
     y_prev = y - eta * (y - 0.5)  # the paper starts with a small velocity towards 0.5
     z_prev = z - eta * (z - 0.5)
     y, z = y_prev, z_prev
@@ -271,12 +272,19 @@ def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
     """Binary y, z and scales s for one stack of every block in the batch."""
     batch, g_r, g_c = x.shape
     rank = cfg.rank
-    # Range normalisation per block (paper): the step size eta assumes unit-range data.
+    # Per-block normalisation: the step size eta assumes data of a fixed spread. The paper
+    # divides by the range (max - min); the warm-start path divides by warm_norm x the RMS,
+    # the same for a Gaussian block (64x64: range ~ 7.5 sigma) but not shrunk by outliers,
+    # which left heavy-tailed blocks' bulk tiny and effectively over-heated.
     m = _mask(u, v)
-    big = torch.finfo(x.dtype).max
-    hi = torch.where(m > 0, x, torch.full_like(x, -big)).amax((1, 2))
-    lo = torch.where(m > 0, x, torch.full_like(x, big)).amin((1, 2))
-    rng = (hi - lo).clamp_min(0)
+    if cfg.init == "svd":
+        rms = ((x * x * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)).sqrt()
+        rng = cfg.warm_norm * rms
+    else:
+        big = torch.finfo(x.dtype).max
+        hi = torch.where(m > 0, x, torch.full_like(x, -big)).amax((1, 2))
+        lo = torch.where(m > 0, x, torch.full_like(x, big)).amin((1, 2))
+        rng = (hi - lo).clamp_min(0)
     rng = torch.where(rng > 0, rng, torch.ones_like(rng))
     xn = x / rng[:, None, None]
     stats = {}
@@ -290,7 +298,8 @@ def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
         y = torch.rand(batch, g_r, rank, generator=gen, device=x.device, dtype=x.dtype)
         z = torch.rand(batch, rank, g_c, generator=gen, device=x.device, dtype=x.dtype)
         t_start = cfg.t_start
-    y, z, stats["steps"] = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, callback)
+    eta = cfg.warm_eta if cfg.init == "svd" else cfg.eta
+    y, z, stats["steps"] = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, eta, callback)
     if callback is not None and stats["steps"] < cfg.steps:
         callback(cfg.steps - stats["steps"])
     y = (y > 0.5).to(x.dtype) * u[:, :, None]  # padded rows carry no bits

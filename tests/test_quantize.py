@@ -267,3 +267,41 @@ def test_quantize_model_include_exclude_patterns():
     assert isinstance(net.fc1, BQQLinear) and isinstance(net.fc2, nn.Linear)
     with pytest.raises(TypeError, match="TorchScript"):
         quantize_model(torch.jit.script(nn.Linear(4, 4)), FAST)
+
+
+def _load_baselines():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "baselines" not in sys.modules:  # the same module name tests/test_baselines.py uses
+        path = Path(__file__).resolve().parents[1] / "bench" / "baselines.py"
+        spec = importlib.util.spec_from_file_location("baselines", path)
+        sys.modules["baselines"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["baselines"])
+    return sys.modules["baselines"]
+
+
+@pytest.mark.parametrize("bits,target", [(2, 0.7), (3, 1.0)])
+def test_default_beats_round_to_nearest_on_heavy_tailed_weights_at_fewer_bits(bits, target):
+    # Student-t(4) weights (heavier tails than trained transformer layers usually have).
+    # Measured on this matrix: 0.43 (2 stacks) and 0.93 (3 stacks) of RTN's MSE (0.40 / 0.82
+    # on 512x1024, docs/QUANTIZE.md); the asserted bounds are the project's targets. The
+    # solve is deterministic on CPU. RTN pays 2.5 / 3.5 bits per weight, BQQ 2.03 / 3.05.
+    torch.manual_seed(20)
+    w = torch.distributions.StudentT(4.0).sample((128, 256))
+    rtn = _load_baselines().rtn_quantize(w, bits, 64)
+    q = quantize_weight(w, BQQConfig(bits=bits, device="cpu"))
+    assert q.bits_per_weight < rtn.bits_per_weight
+    assert q.info["mse"] < target * _mse(w, rtn.weight)
+
+
+def test_solver_is_invariant_to_the_units_of_the_weights():
+    # Blocks are normalised (RMS on the warm-start path) before annealing, so the step size
+    # and temperature mean the same for any weight scale. A power-of-two factor keeps every
+    # normalised value bit-identical, hence identical bits and exactly scaled scales.
+    w = torch.distributions.Laplace(0.0, 1.0).sample((32, 48))
+    cfg = BQQConfig(bits=2, group_size=16, steps=40, flip_rounds=5, device="cpu")
+    small, big = quantize_weight(w / 1024, cfg), quantize_weight(w, cfg)
+    assert torch.equal(small.y_bits, big.y_bits) and torch.equal(small.z_bits, big.z_bits)
+    assert torch.allclose(small.scales.float() * 1024, big.scales.float(), rtol=2e-3, atol=0)
