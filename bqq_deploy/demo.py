@@ -66,7 +66,7 @@ def handle(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             report = export_bundle(source, out, config=BQQConfig.preset(args.quality, bits=bits, **(
                                        {"group_size": args.group_size} if args.group_size else {})),
-                                   target="trt", calib=calib, force=True,
+                                   target="trt", calib=calib, force=True, exclude=args.exclude,
                                    progress=not args.quiet, validation_inputs=feeds,
                                    bench_iters=30)
             seconds = time.perf_counter() - start
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, default=MODEL, help="TorchScript digits model")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="bundle root")
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
+                        help="keep layers matching PATTERN in float (repeatable)")
     # fast + calibration: about a minute on 2 cores, and on this small model it scored higher
     # held-out accuracy than data-free balanced (which takes minutes per bit depth).
     parser.add_argument("--quality", choices=("fast", "balanced", "best"), default="fast")
