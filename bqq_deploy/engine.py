@@ -496,7 +496,7 @@ def _readme_section(profiles: Sequence[InputProfile], onnx_name: str) -> str:
         "Input profile (min / opt / max): "
         + "; ".join(f"`{p.name}` {list(p.min)} / {list(p.opt)} / {list(p.max)}" for p in profiles),
         "",
-        f"Then check it against the original model: `bqq-validate . --reference MODEL -o validation`,",
+        "Then check it against the original model: `bqq-validate . --reference MODEL -o validation`,",
         f"or run it from C++: `{PLUGIN_DIR}/build/runtime/bqq-infer --engine {ENGINE} --plugin {plugin} "
         "--input NAME=FILE.npy`. See docs/JETSON.md of bqq-deploy.",
         README_END,

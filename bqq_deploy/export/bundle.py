@@ -92,8 +92,8 @@ def report_markdown(report: dict) -> str:
              f"rank scale {cfg['rank_scale']}, {cfg['steps']} steps, seed {cfg['seed']}"
              + (f", calibrated on {report['calibration']['samples']} rows from "
                 f"`{report['calibration']['file']}`" if report.get("calibration") else ", data-free"),
-             f"- inputs: " + ", ".join(f"`{i['name']}` {i['shape']} {i['dtype']}" for i in report["inputs"]),
-             f"- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items()), ""]
+             "- inputs: " + ", ".join(f"`{i['name']}` {i['shape']} {i['dtype']}" for i in report["inputs"]),
+             "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items()), ""]
     sizes = report["sizes"]
     lines += ["## Sizes", "",
               "| file | bytes | vs fp32 ONNX |", "|---|---|---|"]

@@ -45,14 +45,16 @@ class Backend:
 
     name: str = "backend"
     device: str = "cpu"  # "cuda" when execute runs on a GPU (benchmark then uses CUDA events)
+    _inputs: list[TensorSpec]  # set by each subclass's constructor
+    _outputs: list[str]
 
     @property
     def input_specs(self) -> list[TensorSpec]:
-        raise NotImplementedError
+        return list(self._inputs)
 
     @property
     def output_names(self) -> list[str]:
-        raise NotImplementedError
+        return list(self._outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on host arrays; returns host arrays keyed by output name."""
@@ -99,14 +101,6 @@ class OnnxRuntimeBackend(Backend):
                         for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def execute(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # ORT on CUDA copies host arrays in and out inside run(): its timings include them.
         return dict(zip(self._outputs, self.session.run(self._outputs, prepared)))
@@ -128,7 +122,8 @@ class TorchBackend(Backend):
             pass
         self.name = f"torch[{self.device}]:{label}"
         self._inputs = input_specs or _module_input_specs(self.module)
-        self._outputs: list[str] = ["output"]
+        # ["output"] for a single tensor; output_0.. or a dict's keys once a run showed more.
+        self._outputs = ["output"]
 
     @classmethod
     def from_file(cls, path: Path) -> "TorchBackend":
@@ -138,15 +133,6 @@ class TorchBackend(Backend):
             program = torch.export.load(str(path))
             return cls(program.module(), label=path.name, input_specs=_exported_input_specs(program))
         return cls(torch.jit.load(str(path), map_location="cpu"), label=path.name)
-
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        """["output"] for a single tensor; output_0.. or a dict's keys once a run showed more."""
-        return list(self._outputs)
 
     def prepare(self, feeds: dict[str, np.ndarray]) -> list:
         bound = self.bind_feeds(feeds)

@@ -50,14 +50,6 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if not is_input[n]]
         self.name = f"tensorrt:{self.path.name}"
 
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def _errors(self) -> str:
         return engine_mod.explain_plugin_error(self.trt_logger.errors(), self.compute_capability)
 
