@@ -82,6 +82,13 @@ class DigitsViT(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        # ViT/BERT initialisation (truncated normal, std 0.02). PyTorch's default uniform init
+        # survives training on a data set this small: the weights stayed near-uniform
+        # (kurtosis ~2), unlike any pretrained transformer a user would quantise.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, tokens, dim]

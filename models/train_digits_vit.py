@@ -28,7 +28,7 @@ from bqq_deploy.format import atomic_write_bytes
 from bqq_deploy.models import MODEL_CONFIGS, build_model
 
 DEFAULTS = {  # per model: epochs, peak learning rate
-    "digits_vit": dict(epochs=60, lr=1e-3),
+    "digits_vit": dict(epochs=120, lr=1e-3),
     "digits_vit_large": dict(epochs=15, lr=1e-3),
 }
 

@@ -46,6 +46,10 @@ def tiny_vit_file(tmp_path, seed: int = 0):
     """A small DigitsViT as TorchScript with a JSON sidecar, like models/digits_vit.pt."""
     torch.manual_seed(seed)
     model = DigitsViT(dim=32, depth=1, heads=2, mlp_ratio=2).eval()
+    with torch.no_grad():  # trained models have biases; the fresh init's zeros would fold away
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.normal_(0.0, 0.02)
     path = tmp_path / "tiny_vit.pt"
     torch.jit.script(model).save(str(path))
     path.with_suffix(".json").write_text(json.dumps(
