@@ -54,10 +54,9 @@ def main() -> None:
             rows.append([preset, str(bits), f"{total / 1e6:.2f}M", f"{seconds:.1f}",
                          f"{seconds / total * 1e6:.1f}", f"{sse / total / 0.02 ** 2:.4f}"])
             print(markdown_table(header, rows[-1:]), flush=True)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"\n## {stamp}\n\n{machine_summary()}; device {device}; "
-               f"torch {torch.__version__}\n\n{markdown_table(header, rows)}\n")
+    section = f"\n## {stamp}\n\n{machine_summary()}; solver on {device}\n\n{markdown_table(header, rows)}\n"
     path = RESULTS / "preset_time.md"
     if not path.exists():
         path.write_text("# Preset wall time on an 11.8M-weight encoder\n\nWritten by "
