@@ -97,6 +97,23 @@ def test_unwritable_output_parent_exits_2(tmp_path, capsys):
         assert list(locked.iterdir()) == []
 
 
+def test_output_that_cannot_be_created_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    # os.access can approve a parent where creation still fails (root on /proc, a read-only
+    # mount): the error must name OUT, not the temporary directory the bundle is built in.
+    path = tmp_path / "mlp.onnx"
+    linear_onnx(path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkdtemp", refuse)
+    out = tmp_path / "bundle"
+    assert main([str(path), "-o", str(out), *FAST]) == 2
+    assert _one_line_error(capsys.readouterr().err) == \
+        f"bqq-export: error: {out}: cannot create it (Read-only file system)"
+    assert not out.exists()
+
+
 def test_bad_calibration_file_exits_2(tmp_path, capsys):
     import numpy as np
 

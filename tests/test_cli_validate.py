@@ -108,3 +108,10 @@ def test_bad_input_exits_2_with_one_line(bundle, tmp_path, capsys, args, message
     err = capsys.readouterr().err.strip()
     assert err.startswith("bqq-validate: error:") and message in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_missing_target_is_named(tmp_path, capsys):
+    assert cli.main([str(tmp_path / "nowhere"), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bqq-validate: error: {tmp_path / 'nowhere'}: no such bundle directory, engine or ONNX file"
+    assert not (tmp_path / "r").exists()

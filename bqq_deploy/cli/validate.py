@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmup < 0 or args.batch < 1 or (args.inputs is None and args.random < 1):
         raise UsageError("--iters, --batch and --random must be >= 1 and --warmup >= 0")
+    if not args.target.exists():
+        raise UsageError(f"{args.target}: no such bundle directory, engine or ONNX file")
     reference_path = args.reference or _reference_from_report(args.target)
     candidate = _load(args.target, backend=args.backend, plugin_path=args.plugin)
     reference = _load(reference_path)

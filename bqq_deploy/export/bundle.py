@@ -36,8 +36,11 @@ def atomic_bundle(out: str | os.PathLike, force: bool = False):
     is only removed after the new bundle is complete), on any error it is deleted."""
     out = Path(out)
     check_destination(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:  # os.access can say yes where creation still fails (root on /proc, read-only mounts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot create it ({exc.strerror or exc})") from None
     try:
         yield tmp
         _default_permissions(tmp)
