@@ -51,6 +51,30 @@ def test_export_torchscript_bundle(tmp_path, capsys):
     assert _leftovers(out.parent) == []
 
 
+
+def test_export_torch_export_program(tmp_path):
+    # .pt2 goes through torch's dynamo-based exporter (needs onnxscript); the bundle must still
+    # match the PyTorch BQQ model (the same 1e-4 bound the report's check uses) with a
+    # dynamic batch.
+    import torch
+
+    from bqq_deploy.models import DigitsViT
+
+    torch.manual_seed(0)
+    module = DigitsViT(dim=16, depth=1, heads=2, mlp_ratio=1).eval()
+    program = torch.export.export(module, (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, str(path))
+    out = tmp_path / "bundle"
+    assert main([str(path), "-o", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    check = report["validation"]["vs_bqq_reference"]
+    assert check["passed"] and check["outputs"][0]["max_rel"] <= 1e-4
+    import onnx
+    batch = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.HasField("dim_value")
+
 def test_export_onnx_target_trt_writes_device_bundle(tmp_path):
     path = tmp_path / "mlp.onnx"
     linear_onnx(path)
