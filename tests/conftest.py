@@ -22,6 +22,13 @@ def random_weight(M: int, K: int, g_r: int, g_c: int, rank: int, stacks: int, *,
     return BQQWeight(M, K, g_r, g_c, rank, pack_bits(y), pack_bits(z), scales, b)
 
 
+@pytest.fixture(autouse=True)
+def _private_layer_cache(tmp_path_factory, monkeypatch):
+    """bqq-export caches solved layers in the user's cache directory by default; tests use
+    their own so they neither read a developer's cache nor leave files in it."""
+    monkeypatch.setenv("BQQ_CACHE_DIR", str(tmp_path_factory.mktemp("bqq-cache")))
+
+
 @pytest.fixture
 def make_weight():
     return random_weight

@@ -75,6 +75,24 @@ def test_export_torch_export_program(tmp_path):
     batch = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.HasField("dim_value")
 
+
+def test_repeated_export_reuses_the_layer_cache(tmp_path):
+    # An interrupted or repeated export must not solve finished layers again: the second
+    # run reads every layer from the cache and writes byte-identical packed weights.
+    model = tiny_vit_file(tmp_path)
+    cache = tmp_path / "cache"
+    argv = [str(model), "--cache-dir", str(cache), *FAST]
+    assert main([*argv, "-o", str(tmp_path / "first")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "second")]) == 0
+    first, second = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("first", "second"))
+    assert not any(layer["solver"]["cache_hit"] for layer in first["layers"])
+    assert all(layer["solver"]["cache_hit"] for layer in second["layers"])
+    assert ((tmp_path / "first" / "layers.bqq.safetensors").read_bytes()
+            == (tmp_path / "second" / "layers.bqq.safetensors").read_bytes())
+    assert main([*argv[:1], "--no-cache", *FAST, "-o", str(tmp_path / "third")]) == 0
+    third = json.loads((tmp_path / "third" / "report.json").read_text())
+    assert not any(layer["solver"]["cache_hit"] for layer in third["layers"])
+
 def test_export_onnx_target_trt_writes_device_bundle(tmp_path):
     path = tmp_path / "mlp.onnx"
     linear_onnx(path)

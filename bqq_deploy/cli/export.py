@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--calib", type=Path, metavar="FILE.npz",
                        help="unlabeled inputs for output-aware calibration: arrays keyed by "
                             "input name, or one array for a one-input model")
+    cache = quant.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", type=Path, default=default_cache_dir(), metavar="DIR",
+                       help="finished layers are kept here, so an interrupted or repeated export "
+                            "skips them (default: $BQQ_CACHE_DIR, else $XDG_CACHE_HOME/bqq-deploy "
+                            "or ~/.cache/bqq-deploy; currently %(default)s)")
+    cache.add_argument("--no-cache", action="store_true", help="solve every layer, keep nothing")
     model = parser.add_argument_group("model inputs")
     model.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]DIMS[:DTYPE]",
                        help="input shape such as 2x16x128 or ids:1x128:int64 (repeatable, one "
@@ -95,6 +102,13 @@ def _group_size(text: str):
     raise argparse.ArgumentTypeError(f"{text!r} is not G or GRxGC")
 
 
+def default_cache_dir() -> Path:
+    if os.environ.get("BQQ_CACHE_DIR"):
+        return Path(os.environ["BQQ_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bqq-deploy"
+
+
 def make_config(args: argparse.Namespace):
     """BQQConfig from --quality and the explicit overrides."""
     from ..config import BQQConfig
@@ -121,7 +135,8 @@ def handle(args: argparse.Namespace) -> int:
                            exclude=args.exclude, calib=args.calib, force=args.force,
                            build_on_device=args.build_on_device, progress=not args.quiet,
                            bench_iters=0 if args.no_validate else 50,
-                           allow_pickle=args.allow_pickle)
+                           allow_pickle=args.allow_pickle,
+                           cache_dir=None if args.no_cache else args.cache_dir)
     if not args.quiet:
         print(summary(report, args.output))
     return 0

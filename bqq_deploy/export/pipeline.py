@@ -80,13 +80,14 @@ def export_bundle(source: SourceModel, out: str | Path, *, config: BQQConfig,
                   target: str = "onnx", exclude=(), calib: Path | None = None,
                   force: bool = False, build_on_device: bool = False, progress: bool = True,
                   validation_inputs: list[dict] | None = None, bench_iters: int = 50,
-                  allow_pickle: bool = False) -> dict:
+                  allow_pickle: bool = False, cache_dir: Path | None = None) -> dict:
     """Quantise source's linear layers and write the bundle directory out; returns the report.
 
     target "onnx": model.onnx (portable, ONNX Runtime) + model.trt.onnx + model.trt.fp16.onnx
     (TensorRT plugin forms) + layers.bqq.safetensors + report.json/md. target "trt": the same,
     then bqq_deploy.engine.export_trt builds the engine or the on-device bundle.
-    validation_inputs: feed dicts for the accuracy section (default: random samples)."""
+    validation_inputs: feed dicts for the accuracy section (default: random samples).
+    cache_dir: the solver's per-layer cache, so an interrupted export resumes."""
     if target not in TARGETS:
         raise UsageError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
     out = Path(out)
@@ -128,7 +129,7 @@ def export_bundle(source: SourceModel, out: str | Path, *, config: BQQConfig,
         {c.layer: torch.from_numpy(c.weight) for c in candidates}, config,
         biases={c.layer: torch.from_numpy(c.bias) for c in candidates if c.bias is not None},
         calib=None if calib_acts is None else {k: torch.from_numpy(v) for k, v in calib_acts.items()},
-        progress=progress)
+        cache_dir=cache_dir, progress=progress)
     timings["quantisation"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
