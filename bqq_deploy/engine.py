@@ -187,18 +187,19 @@ def _shapes_from_dims(name: str, dims, max_batch: int) -> list[tuple[int, ...]]:
     if dims is None:
         raise ValueError(f"input {name}: no shape given")
     dims = list(dims)
-    lo, hi = [], []
-    for i, dim in enumerate(dims):
-        if isinstance(dim, (int, np.integer)) and dim > 0:
-            lo.append(int(dim))
-            hi.append(int(dim))
-        elif i == 0:
-            lo.append(1)
-            hi.append(max_batch)
-        else:
+    if not dims:
+        raise ValueError(f"input {name}: a scalar input has no batch dim to build a profile on")
+    # The first dim is the batch and stays dynamic (docs/CLI.md) even when the spec gives a
+    # number (e.g. from --input-shape 4x...): 1 .. max_batch, optimised for the given size.
+    batch = int(dims[0]) if isinstance(dims[0], (int, np.integer)) and dims[0] > 0 else 1
+    lo, opt, hi = [1], [batch], [max(batch, max_batch)]
+    for i, dim in enumerate(dims[1:], start=1):
+        if not (isinstance(dim, (int, np.integer)) and dim > 0):
             raise ValueError(f"input {name}: dim {i} is dynamic ({dim!r}); give min/opt/max "
                              "shapes for it (only the batch dim gets a default range)")
-    return [tuple(lo), tuple(lo), tuple(hi)]
+        for shape in (lo, opt, hi):
+            shape.append(int(dim))
+    return [tuple(lo), tuple(opt), tuple(hi)]
 
 
 # --- manifest checks ------------------------------------------------------------------------
