@@ -185,3 +185,32 @@ def test_engine_without_tensorrt_says_how_to_get_it(tmp_path):
         runtime.load(tmp_path / "model.engine")
     with pytest.raises(engine.EngineError, match="JetPack"):
         runtime.load(tmp_path, backend="tensorrt")
+
+
+class _TwoInputs(torch.nn.Module):
+    def forward(self, ids, mask):
+        return ids - mask
+
+
+class _OptionalArgument(torch.nn.Module):
+    def forward(self, x, temperature: float = 2.0):
+        return x / temperature
+
+
+def test_feeds_bind_by_name_first_then_in_order():
+    backend = runtime.load(_TwoInputs())
+    assert [s.name for s in backend.input_specs] == ["ids", "mask"]
+    # "mask" matches by name; the unmatched "input_ids" fills the remaining input, "ids".
+    out = backend.run({"mask": np.zeros(2, np.float32), "input_ids": np.full(2, 5, np.float32)})
+    np.testing.assert_array_equal(next(iter(out.values())), [5, 5])
+    with pytest.raises(ValueError, match=r"model inputs are \['ids', 'mask'\]"):
+        backend.run({"ids": np.zeros(2, np.float32)})
+
+
+@pytest.mark.parametrize("script", [False, True])
+def test_arguments_with_defaults_are_not_inputs(script):
+    module = _OptionalArgument()
+    backend = runtime.load(torch.jit.script(module) if script else module)
+    assert [s.name for s in backend.input_specs] == ["x"]
+    out = backend.run({"x": np.full(3, 4.0, np.float32)})
+    np.testing.assert_array_equal(next(iter(out.values())), [2.0, 2.0, 2.0])

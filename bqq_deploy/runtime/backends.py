@@ -70,15 +70,16 @@ class Backend:
         return raw
 
     def bind_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Key feeds by this model's input names. Names that match are used as they are;
-        otherwise, with the same number of inputs, feeds are taken in order (so feeds made
-        for an ONNX file run its PyTorch original whose argument names differ)."""
+        """Key feeds by this model's input names. Feeds whose name matches an input go to it;
+        the others fill the remaining inputs in order (so feeds made for an ONNX file run
+        its PyTorch original, whose argument names differ). The counts must agree."""
         names = [spec.name for spec in self.input_specs]
-        if set(feeds) == set(names):
-            return {name: np.ascontiguousarray(feeds[name]) for name in names}
-        if len(feeds) == len(names):
-            return {name: np.ascontiguousarray(value) for name, value in zip(names, feeds.values())}
-        raise ValueError(f"{self.name}: model inputs are {names}, got feeds {list(feeds)}")
+        if len(feeds) != len(names):
+            raise ValueError(f"{self.name}: model inputs are {names}, got feeds {list(feeds)}")
+        matched = {name: feeds[name] for name in names if name in feeds}
+        rest = iter(value for key, value in feeds.items() if key not in matched)
+        return {name: np.ascontiguousarray(matched[name] if name in matched else next(rest))
+                for name in names}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -154,13 +155,15 @@ class TorchBackend(Backend):
 
 
 def _module_input_specs(module) -> list[TensorSpec]:
-    """Input names from forward's signature (TorchScript: its schema); shapes are unknown."""
+    """Input names from forward's signature (TorchScript: its schema); shapes are unknown.
+    Arguments with a default value are left out: the exported graph fixed them."""
     schema = getattr(getattr(module, "forward", None), "schema", None)
     if schema is not None:
-        names = [arg.name for arg in schema.arguments[1:]]
+        names = [arg.name for arg in schema.arguments[1:] if not arg.has_default_value()]
     else:
         params = inspect.signature(module.forward).parameters.values()
-        names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                 and p.default is inspect.Parameter.empty]
     return [TensorSpec(name, (), np.float32) for name in names]
 
 
