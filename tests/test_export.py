@@ -66,7 +66,7 @@ def random_weights(candidates, make_weight, group: int = 16, rank: int = 8, stac
 
 def prepared(source: SourceModel):
     fp32 = fp32_onnx(source)
-    candidates = surgery.find_candidates(fp32)
+    candidates, _ = surgery.find_candidates(fp32)
     matches = match_parameters(source.module, candidates)
     for cand in candidates:
         cand.layer = matches[cand.node].weight
@@ -312,3 +312,71 @@ def test_calibration_changes_weights_and_lowers_output_error(tmp_path):
     tuned_w = {l["layer"]: l["weight_mse"] for l in tuned["layers"]}
     assert plain_w != tuned_w  # calibration changed the quantised weights
     assert errors["tuned"] < 0.8 * errors["plain"], errors
+
+
+def _graph_model(nodes, inits, in_shape, out_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_bias_that_raises_the_rank_is_not_folded(tmp_path):
+    # MatMul [n, 32] + bias [1, 1, 16] broadcasts to [1, n, 16]: folding it into BQQMatMul
+    # (output [n, 16]) would change the output rank, so the Add must stay in the graph.
+    rng = np.random.default_rng(0)
+    model = _graph_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("Add", ["h", "b"], ["y"], name="fc_bias")],
+        {"w": rng.standard_normal((32, 16)).astype(np.float32),
+         "b": rng.standard_normal((1, 1, 16)).astype(np.float32)}, ["n", 32], [1, "n", 16])
+    path = tmp_path / "bcast.onnx"
+    onnx.save(model, str(path))
+    (cand,), rejected = surgery.find_candidates(surgery.name_nodes(model))
+    assert cand.bias is None and rejected == []
+    out = tmp_path / "bundle"
+    export_bundle(load_model(path), out, config=BQQConfig.preset("fast", group_size=16), bench_iters=0)
+    bqq = onnx.load(str(out / "model.onnx"))
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    (y,) = ort_run(bqq, {"x": x})
+    assert y.shape == (1, 3, 16)
+
+
+def test_weights_left_in_float_are_reported_with_a_reason():
+    # torch.onnx shares equal tensors through Identity: b's bias is a's bias. Folding a's
+    # shared bias would let the reference graph rewrite b's bias too, so both Gemms stay in
+    # float, each with its reason; the activation x activation MatMul is not a layer at all.
+    rng = np.random.default_rng(0)
+    model = _graph_model(
+        [helper.make_node("Identity", ["a_bias"], ["b_bias"], name="share"),
+         helper.make_node("Gemm", ["x", "a_w", "a_bias"], ["h"], name="a", transB=1),
+         helper.make_node("Gemm", ["h", "b_w", "b_bias"], ["h2"], name="b", transB=1),
+         helper.make_node("MatMul", ["h2", "h2t"], ["y"], name="scores"),
+         helper.make_node("Transpose", ["h2"], ["h2t"], name="t")],
+        {"a_w": rng.standard_normal((16, 16)).astype(np.float32),
+         "b_w": rng.standard_normal((16, 16)).astype(np.float32),
+         "a_bias": np.zeros(16, np.float32)}, ["n", 16], ["n", "n"])
+    candidates, rejected = surgery.find_candidates(surgery.name_nodes(model))
+    assert candidates == []
+    assert {r["onnx_node"]: r["reason"] for r in rejected} == {
+        "a": "Gemm bias a_bias feeds 2 nodes",
+        "b": "Gemm bias b_bias is not a float32 [M] constant with beta 1"}
+
+
+def test_fp16_conversion_covers_scalar_constants_and_constant_of_shape():
+    # Constant(value_float) and ConstantOfShape without a value are float32 by definition;
+    # left as they are, the fp16 graph mixes types and ONNX Runtime refuses it.
+    model = _graph_model(
+        [helper.make_node("Constant", [], ["half"], name="c", value_float=0.5),
+         helper.make_node("Constant", [], ["pair"], name="c2", value_floats=[1.0, 2.0]),
+         helper.make_node("Shape", ["x"], ["shape"], name="s"),
+         helper.make_node("ConstantOfShape", ["shape"], ["zeros"], name="z"),
+         helper.make_node("Mul", ["x", "half"], ["m"], name="mul"),
+         helper.make_node("Add", ["m", "zeros"], ["a"], name="add"),
+         helper.make_node("Add", ["a", "pair"], ["y"], name="add2")],
+        {}, ["n", 2], ["n", 2])
+    half_model = surgery.to_fp16(model)
+    x = np.array([[2.0, 4.0]], np.float32)
+    (y,) = ort_run(half_model, {"x": x.astype(np.float16)})
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, [[2.0, 4.0]])  # 0.5 * x + 0 + [1, 2], exact in fp16

@@ -97,8 +97,8 @@ def export_bundle(source: SourceModel, out: str | Path, *, config: BQQConfig,
     fp32 = fp32_onnx(source)
     timings["onnx export"] = time.perf_counter() - clock
 
-    candidates, skipped = [], []
-    found = surgery.find_candidates(fp32)
+    candidates = []
+    found, skipped = surgery.find_candidates(fp32)
     matches = match_parameters(source.module, found) if source.is_torch else {}
     for cand in found:
         if cand.node in matches:
@@ -111,7 +111,7 @@ def export_bundle(source: SourceModel, out: str | Path, *, config: BQQConfig,
             candidates.append(cand)
     if not candidates:
         raise UsageError(f"{source.path}: no linear layer with a constant weight to quantise"
-                         + (" (all excluded)" if skipped else ""))
+                         + "".join(f"; {s['onnx_node']}: {s['reason']}" for s in skipped[:3]))
     log.info("quantising %d linear layers (%d left in floating point)", len(candidates), len(skipped))
 
     calib_info, calib_acts = None, None

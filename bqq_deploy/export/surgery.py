@@ -73,53 +73,83 @@ def _const(tensor) -> np.ndarray | None:
     return None
 
 
-def _bias_vector(values: np.ndarray | None, out_features: int) -> np.ndarray | None:
-    """values as a bias [M] when it broadcasts as one over [..., M], else None."""
-    if values is None or values.size != out_features or values.shape[-1:] != (out_features,):
+def _bias_vector(values: np.ndarray | None, out_features: int, max_ndim: int) -> np.ndarray | None:
+    """values as a bias [M] when it broadcasts as one over [..., M] without raising the
+    output's rank (at most max_ndim dims), else None."""
+    if (values is None or values.ndim > max_ndim or values.size != out_features
+            or values.shape[-1:] != (out_features,)):
         return None
     return values.reshape(out_features)
 
 
-def find_candidates(model: onnx.ModelProto) -> list[Candidate]:
+def _weight_like(tensor) -> bool:
+    """A constant, or a constant behind Identity (how torch.onnx shares equal tensors)."""
+    if isinstance(tensor, gs.Constant):
+        return True
+    producers = getattr(tensor, "inputs", [])
+    return len(producers) == 1 and producers[0].op == "Identity" and isinstance(
+        producers[0].inputs[0], gs.Constant)
+
+
+def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]]:
     """MatMul(x, B) with constant 2-D B, and Gemm(x, B[, C]) with constant B (alpha = 1,
     transA = 0, beta = 1 when C is given), each with a single-consumer bias Add folded in.
-    Nodes must be named (name_nodes). A constant used by several nodes is left alone."""
+    Nodes must be named (name_nodes). Returns the candidates and, for every other MatMul /
+    Gemm with a weight-like input B, {"layer", "onnx_node", "reason"}: why it stays in float."""
     graph = gs.import_onnx(model)
     consumers = {}
     for node in graph.nodes:
         for tensor in node.inputs:
             consumers[tensor.name] = consumers.get(tensor.name, 0) + 1
     graph_outputs = {t.name for t in graph.outputs}
-    found = []
+    found, rejected = [], []
+
+    def reject(node, reason: str) -> None:
+        log.info("%s: %s; left in floating point", node.name, reason)
+        rejected.append({"layer": node.inputs[1].name, "onnx_node": node.name, "reason": reason})
+
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
             continue
         x, b_tensor = node.inputs[0], node.inputs[1]
+        if isinstance(x, gs.Constant) or not _weight_like(b_tensor):
+            continue  # activation x activation (e.g. attention scores): not a linear layer
         b = _const(b_tensor)
-        if isinstance(x, gs.Constant) or b is None or b.ndim != 2:
+        if b is None:
+            reject(node, f"weight {b_tensor.name} is not a float32 initializer of its own "
+                         "(an Identity of a shared constant)" if not isinstance(b_tensor, gs.Constant)
+                   else f"weight {b_tensor.name} is not float32")
+            continue
+        if b.ndim != 2:
+            reject(node, f"weight {b_tensor.name} has {b.ndim} dims, not 2")
             continue
         if consumers[b_tensor.name] > 1:
-            log.info("%s: weight %s feeds %d nodes; left in floating point", node.name,
-                     b_tensor.name, consumers[b_tensor.name])
+            reject(node, f"weight {b_tensor.name} feeds {consumers[b_tensor.name]} nodes")
             continue
         bias = bias_name = bias_node = None
         out = node.outputs[0]
         if node.op == "Gemm":
             if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "transA", 0):
+                reject(node, "Gemm with alpha != 1 or transA")
                 continue
             weight = b if _attr(node, "transB", 0) else b.T
             if len(node.inputs) > 2 and node.inputs[2].name:
-                bias = _bias_vector(_const(node.inputs[2]), weight.shape[0])
+                c_tensor = node.inputs[2]
+                bias = _bias_vector(_const(c_tensor), weight.shape[0], max_ndim=2)
                 if bias is None or _attr(node, "beta", 1.0) != 1.0:
+                    reject(node, f"Gemm bias {c_tensor.name} is not a float32 [M] constant with beta 1")
                     continue
-                bias_name = node.inputs[2].name
+                if consumers[c_tensor.name] > 1:
+                    reject(node, f"Gemm bias {c_tensor.name} feeds {consumers[c_tensor.name]} nodes")
+                    continue
+                bias_name = c_tensor.name
         else:
             weight = b.T
         if bias is None and len(out.outputs) == 1 and out.name not in graph_outputs:
             add = out.outputs[0]
             if add.op == "Add" and len(add.inputs) == 2:
                 other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-                vector = _bias_vector(_const(other), weight.shape[0])
+                vector = _bias_vector(_const(other), weight.shape[0], max_ndim=1)
                 if vector is not None and consumers[other.name] == 1:
                     bias, bias_name, bias_node, out = vector, other.name, add.name, add.outputs[0]
         found.append(Candidate(node=node.name, op_type=node.op, weight_name=b_tensor.name,
@@ -127,7 +157,7 @@ def find_candidates(model: onnx.ModelProto) -> list[Candidate]:
                                bias=None if bias is None else bias.astype(np.float32).copy(),
                                bias_name=bias_name, bias_node=bias_node, input=x.name,
                                output=out.name))
-    return found
+    return found, rejected
 
 
 def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
@@ -262,6 +292,17 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     for init in graph.initializer:
         half(init)
     for node in graph.node:
+        if node.op_type == "Constant":  # value_float(s) are fp32 by definition: make a tensor
+            for attr in list(node.attribute):
+                if attr.name in ("value_float", "value_floats"):
+                    values = [attr.f] if attr.name == "value_float" else list(attr.floats)
+                    array = np.array(values if attr.name == "value_floats" else values[0], np.float32)
+                    node.attribute.remove(attr)
+                    node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(array)))
+        if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+            # the default fill is a float32 zero
+            node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(
+                np.zeros(1, np.float32))))
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 half(attr.t)
