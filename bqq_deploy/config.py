@@ -69,6 +69,9 @@ class BQQConfig:
             raise ValueError(f"group_size must be in 1..4096, got {self.group_size}")
         if self.rank_scale <= 0:
             raise ValueError(f"rank_scale must be positive, got {self.rank_scale}")
+        if self.rank > 4096:  # docs/FORMAT.md section 1
+            raise ValueError(f"rank_scale {self.rank_scale} gives rank {self.rank}; the format "
+                             "allows at most 4096")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.init not in ("svd", "random"):

@@ -222,6 +222,8 @@ def _current_umask() -> int:
 
 def save_layers(path: str | os.PathLike, layers: dict[str, BQQWeight]) -> None:
     """Write layers to one .bqq.safetensors file atomically (docs/FORMAT.md section 4)."""
+    if not layers:
+        raise FormatError(f"{path}: no layers to save (a BQQ file lists at least one)")
     tensors: dict[str, torch.Tensor] = {}
     meta = {}
     for name, weight in layers.items():
@@ -293,8 +295,10 @@ def _parse_metadata(path: Path, meta) -> dict[str, dict]:
     if version != str(FORMAT_VERSION):
         raise FormatError(f"{path}: format_version {version!r} is not supported "
                           f"(this reader knows version {FORMAT_VERSION})")
+    if not isinstance(meta.get("layers"), str):
+        raise FormatError(f"{path}: __metadata__.layers must be a JSON string")
     try:
-        layer_fields = json.loads(meta.get("layers", ""))
+        layer_fields = json.loads(meta["layers"])
     except json.JSONDecodeError as exc:
         raise FormatError(f"{path}: __metadata__.layers is not valid JSON ({exc})") from None
     if not isinstance(layer_fields, dict) or not layer_fields:
@@ -309,6 +313,13 @@ def _parse_metadata(path: Path, meta) -> dict[str, dict]:
     return layer_fields
 
 
+def _json_int(value) -> int:
+    """A JSON integer as such: 1.9, "12" or true are not shapes or offsets."""
+    if type(value) is not int:
+        raise TypeError(value)
+    return value
+
+
 def _check_entries(path: Path, header: dict, layer_fields: dict, data_len: int) -> dict:
     expected: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, fields in layer_fields.items():
@@ -320,8 +331,8 @@ def _check_entries(path: Path, header: dict, layer_fields: dict, data_len: int) 
             raise FormatError(f"{path}: tensor {key} is not part of any listed layer")
         want_dtype, want_shape = expected[key]
         try:
-            dtype_name, shape = entry["dtype"], tuple(int(n) for n in entry["shape"])
-            start, end = (int(n) for n in entry["data_offsets"])
+            dtype_name, shape = entry["dtype"], tuple(_json_int(n) for n in entry["shape"])
+            start, end = (_json_int(n) for n in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{path}: tensor {key}: malformed header entry {entry!r}") from None
         if dtype_name != want_dtype:

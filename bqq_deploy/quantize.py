@@ -414,9 +414,12 @@ def _check_weight(name: str, weight, bias, calib) -> None:
         raise ValueError(f"{name}: weight must be floating point and finite")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{name}: bias shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-    if calib is not None and (calib.dim() != 2 or calib.shape[1] != weight.shape[1]):
+    if calib is not None and (calib.dim() != 2 or calib.shape[1] != weight.shape[1]
+                              or calib.shape[0] == 0):
         raise ValueError(f"{name}: calibration inputs shape {tuple(calib.shape)}, expected "
-                         f"[N, {weight.shape[1]}]")
+                         f"[N >= 1, {weight.shape[1]}]")
+    if calib is not None and not bool(torch.isfinite(calib).all()):
+        raise ValueError(f"{name}: calibration inputs contain inf or NaN")
 
 
 # Below this many padded weights per batch, CPU solves run on one thread: the per-step
@@ -489,6 +492,9 @@ def _solve_layers_on(weights: dict, cfg: BQQConfig, biases: dict, calib: dict, b
             lscales = _calib_refit(w, lys, lzs, lu, lv, hess, (math.ceil(w.shape[0] / g_r),
                                                               math.ceil(w.shape[1] / g_c)))
         scales16 = lscales.half()
+        if not bool(torch.isfinite(scales16).all()):
+            raise ValueError(f"{name}: scales exceed the fp16 range (|w| up to "
+                             f"{float(w.abs().max()):.3g}); rescale the layer before quantising")
         if name not in calib:  # a d refit would undo the output-aware fit
             refit = _refit_d_after_rounding(lx, lu, lv, lys, lzs, scales16)
             if _stored_sse(lx, lu, lv, lys, lzs, refit) < _stored_sse(lx, lu, lv, lys, lzs, scales16):

@@ -87,6 +87,11 @@ CORRUPTIONS = {
     "not a bqq file": (lambda h, d: h["__metadata__"].update(format="gguf"), "not a BQQ file"),
     "future version": (lambda h, d: h["__metadata__"].update(format_version="9"), "format_version"),
     "bad layer json": (lambda h, d: h["__metadata__"].update(layers="{"), "not valid JSON"),
+    "layers not a string": (lambda h, d: h["__metadata__"].update(layers={"fc": {}}),
+                            "layers must be a JSON string"),
+    "fractional offsets": (lambda h, d: h["fc.bias"].update(  # int() would truncate these
+        data_offsets=[x + 0.9 for x in h["fc.bias"]["data_offsets"]]), "malformed header entry"),
+    "shape as a string": (lambda h, d: h["fc.bias"].update(shape="40"), "malformed header entry"),
     "field out of range": (lambda h, d: h["__metadata__"].update(
         layers=json.dumps({"fc": {"M": 40, "K": 72, "g_r": 32, "g_c": 32, "l": 20, "p": 99}})),
         "field p=99"),
@@ -156,3 +161,9 @@ def test_atomic_write_honours_the_umask(tmp_path, make_weight):
     finally:
         os.umask(old)
     assert (tmp_path / "w.bqq.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_saving_no_layers_is_refused(tmp_path):
+    with pytest.raises(FormatError, match="no layers to save"):
+        save_layers(tmp_path / "empty.bqq.safetensors", {})
+    assert not list(tmp_path.iterdir())

@@ -305,3 +305,18 @@ def test_solver_is_invariant_to_the_units_of_the_weights():
     small, big = quantize_weight(w / 1024, cfg), quantize_weight(w, cfg)
     assert torch.equal(small.y_bits, big.y_bits) and torch.equal(small.z_bits, big.z_bits)
     assert torch.allclose(small.scales.float() * 1024, big.scales.float(), rtol=2e-3, atol=0)
+
+
+def test_bad_inputs_are_refused_before_solving():
+    from bqq_deploy import BQQConfig, quantize_weight
+
+    w = torch.randn(16, 16)
+    config = BQQConfig.preset("fast", group_size=16)
+    with pytest.raises(ValueError, match="calibration inputs contain inf or NaN"):
+        quantize_weight(w, config, calib_inputs=torch.full((4, 16), float("nan")))
+    with pytest.raises(ValueError, match=r"expected \[N >= 1, 16\]"):
+        quantize_weight(w, config, calib_inputs=torch.empty(0, 16))
+    with pytest.raises(ValueError, match="allows at most 4096"):
+        BQQConfig(group_size=4096, rank_scale=3.0)
+    with pytest.raises(ValueError, match="exceed the fp16 range"):
+        quantize_weight(w * 1e6, config)
