@@ -92,6 +92,11 @@ MALFORMED = {
                       "shape (100,) of <f4 needs 400 data bytes, the file holds 12 (truncated)"),
     "overflow": (raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }"),
                  "shape overflows"),
+    # A zero dim makes the element count 0, but the other dims still overflow int64.
+    "overflow behind a zero": (raw_npy("{'descr': '<f4', 'fortran_order': False, "
+                                       "'shape': (3037000500, 3037000500, 0), }"), "shape overflows"),
+    "count above int64": (raw_npy("{'descr': '|u1', 'fortran_order': False, "
+                                  "'shape': (4294967296, 2147483648), }"), "shape overflows"),
     "negative_dim": (raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }"),
                      "shape entries must be non-negative integers"),
     "unclosed_dict": (raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,)"), "expected ',' or '}'"),

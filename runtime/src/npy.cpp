@@ -178,12 +178,21 @@ Header parse_header(const unsigned char* buf, size_t avail, uint64_t file_size, 
         .parse(h.descr, fortran, h.shape);
     h.descr = normalise_descr(h.descr, name);
     if (fortran) fail(name, "Fortran-order arrays are not supported (save with C order: np.ascontiguousarray)");
-    uint64_t count = 1;
+    // Every partial product must fit in int64 (Array::count multiplies in int64), zero dims
+    // included: a zero must not hide an overflow of the other dims.
+    uint64_t nonzero_product = 1;
+    bool has_zero = false;
+    constexpr uint64_t kMaxCount = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
     for (int64_t d : h.shape) {
         const uint64_t dim = static_cast<uint64_t>(d);
-        if (dim != 0 && count > std::numeric_limits<uint64_t>::max() / dim) fail(name, "shape overflows");
-        count *= dim;
+        if (dim == 0) {
+            has_zero = true;
+            continue;
+        }
+        if (nonzero_product > kMaxCount / dim) fail(name, "shape overflows");
+        nonzero_product *= dim;
     }
+    const uint64_t count = has_zero ? 0 : nonzero_product;
     const uint64_t itemsize = descr_itemsize(h.descr);
     if (count > std::numeric_limits<uint64_t>::max() / itemsize) fail(name, "shape overflows");
     h.data_bytes = count * itemsize;
