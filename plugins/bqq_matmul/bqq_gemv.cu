@@ -44,8 +44,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int i = blockIdx.x / tiles_per_block;
     const int r0 = (blockIdx.x % tiles_per_block) * kTileRows;
-    const int j_begin = blockIdx.y * cols_per_split;
-    const int j_end = min(sh.C, j_begin + cols_per_split);
+    const int64_t j_begin = int64_t(blockIdx.y) * cols_per_split;
+    const int64_t j_end = min(int64_t(sh.C), j_begin + cols_per_split);
     for (int e = threadIdx.x; e < NR * kTileRows; e += blockDim.x) (&red[0][0])[e] = 0.f;
 
     float acc[2][NR];
@@ -55,7 +55,9 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int n = 0; n < NR; ++n) acc[m][n] = 0.f;
     const int lane_shift = 31 - lane;
 
-    for (int j = j_begin + warp; j < j_end; j += kWarps) {
+    // int64 step: j + kWarps must not wrap when C is close to INT32_MAX.
+    for (int64_t jj = j_begin + warp; jj < j_end; jj += kWarps) {
+        const int j = int(jj);
         const int64_t col0 = int64_t(j) * sh.gc;
         float s[NR];  // sum(x_j) per activation row; columns past K are zero padding
 #pragma unroll
@@ -179,10 +181,10 @@ cudaError_t launch_gemv(const Shape& sh, const Weights& w, int rows, const T* x,
     if (row_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
     // Enough column splits for ~4 blocks per SM, but at least one block column per warp.
     const int64_t want = (4 * int64_t(sm_count) + row_blocks - 1) / row_blocks;
-    const int64_t max_splits = std::min<int64_t>(65535, (sh.C + kWarps - 1) / kWarps);
+    const int64_t max_splits = std::min<int64_t>(65535, (int64_t(sh.C) + kWarps - 1) / kWarps);
     const int64_t splits_wanted = std::max<int64_t>(1, std::min(want, max_splits));
     const int cols_per_split = int((sh.C + splits_wanted - 1) / splits_wanted);
-    const dim3 grid(unsigned(row_blocks), unsigned((sh.C + cols_per_split - 1) / cols_per_split));
+    const dim3 grid(unsigned(row_blocks), unsigned((int64_t(sh.C) + cols_per_split - 1) / cols_per_split));
     if (rows <= 1) launch_nr<1>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
     else if (rows <= 2) launch_nr<2>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
     else if (rows <= 4) launch_nr<4>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);

@@ -37,7 +37,9 @@ bool is_arch_error(cudaError_t err) {
 }
 
 // Queried once per device: SM count, and which images the driver picked for our kernels.
-const DeviceInfo& device_info(int device) {
+// Returns a copy taken under the lock: an uncached (transient) failure may be rewritten by
+// another thread while the caller reads it.
+DeviceInfo device_info(int device) {
     static std::mutex mutex;
     static DeviceInfo infos[kMaxDevices];
     std::lock_guard<std::mutex> lock(mutex);
@@ -183,7 +185,7 @@ extern "C" BQQStatus bqq_matmul_cuda(const BQQLayout* layout, int64_t rows, BQQD
         bqq_set_error("CUDA device %d: only devices 0..%d are supported", device, kMaxDevices - 1);
         return BQQ_ERR_INVALID_ARGUMENT;
     }
-    const DeviceInfo& info = device_info(device);
+    const DeviceInfo info = device_info(device);
     if (info.status != BQQ_OK) {
         bqq_set_error("%s", info.message);
         return info.status;
