@@ -143,8 +143,11 @@ def reference_matmul_cpp(x: torch.Tensor, weight: BQQWeight) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def cuda_status() -> tuple[bool, str]:
-    """(usable, reason): whether cuda_matmul can run here, and why not."""
+    """(usable, reason): whether cuda_matmul can run here, and why not. Decided once per
+    process: BQQLinear asks on every forward, and a missing library must not mean a
+    directory search per call."""
     if not torch.cuda.is_available():
         return False, "torch reports no CUDA device (CPU-only torch build or no GPU)"
     try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import kernels  # loads no library until a CUDA tensor asks for one
 from .format import BQQWeight, unpack_bits
 
 _log = logging.getLogger(__name__)
@@ -72,8 +73,6 @@ class BQQLinear(nn.Module):
                          self.rank, self.y_bits, self.z_bits, self.scales, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import kernels  # the native binding is optional: CPU-only installs skip it
-
         if x.is_cuda and x.dtype in (torch.float16, torch.float32) and kernels.cuda_available():
             return kernels.cuda_matmul(x, self.packed)  # casts the bias to x's dtype
         return reference_matmul(x, self.packed).to(x.dtype)
