@@ -296,28 +296,28 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
     return true;
 }
 
+// Build time (dims may still be -1) and run time share one check. checkInputs rejects a
+// count outside [kMinInputs, kMaxInputs] before it reads any dims, so a fixed array serves.
+int32_t BQQMatMulPlugin::acceptInputs(
+    Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) noexcept
+{
+    if (!checkInputs(dims, nbInputs, nbOutputs, allowUnknown))
+    {
+        return -1;
+    }
+    mHasBias = nbInputs == kMaxInputs;
+    return 0;
+}
+
 int32_t BQQMatMulPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
-    try
+    Dims dims[kMaxInputs]{};
+    for (int32_t i = 0; i < std::min(nbInputs, kMaxInputs); ++i)
     {
-        std::vector<Dims> dims;
-        for (int32_t i = 0; i < nbInputs; ++i)
-        {
-            dims.push_back(in[i].desc.dims);
-        }
-        if (!checkInputs(dims.data(), nbInputs, nbOutputs, /*allowUnknown=*/true))
-        {
-            return -1;
-        }
-        mHasBias = nbInputs == kMaxInputs;
-        return 0;
+        dims[i] = in[i].desc.dims;
     }
-    catch (std::exception const& e)
-    {
-        reportError(std::string("configurePlugin failed: ") + e.what());
-        return -1;
-    }
+    return acceptInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/true);
 }
 
 size_t BQQMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
@@ -330,25 +330,12 @@ size_t BQQMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, 
 int32_t BQQMatMulPlugin::onShapeChange(
     PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
-    try
+    Dims dims[kMaxInputs]{};
+    for (int32_t i = 0; i < std::min(nbInputs, kMaxInputs); ++i)
     {
-        std::vector<Dims> dims;
-        for (int32_t i = 0; i < nbInputs; ++i)
-        {
-            dims.push_back(in[i].dims);
-        }
-        if (!checkInputs(dims.data(), nbInputs, nbOutputs, /*allowUnknown=*/false))
-        {
-            return -1;
-        }
-        mHasBias = nbInputs == kMaxInputs;
-        return 0;
+        dims[i] = in[i].dims;
     }
-    catch (std::exception const& e)
-    {
-        reportError(std::string("onShapeChange failed: ") + e.what());
-        return -1;
-    }
+    return acceptInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/false);
 }
 
 int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,

@@ -109,6 +109,8 @@ private:
     // Checks input count, X's last dim and the packed tensors' shapes against the fields.
     // Dimensions of -1 (unknown at build time) pass when allowUnknown is set.
     bool checkInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) const noexcept;
+    // checkInputs, then records whether the optional bias input is present.
+    int32_t acceptInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) noexcept;
 
     FieldValues mFields;
     BQQLayout mLayout;
