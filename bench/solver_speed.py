@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(group_size=128, bits=3)
     if args.part in ("paper", "all"):
         for steps in (int(s) for s in args.steps.split(",")):
-            cfg = BQQConfig(init="random", steps=steps, flip_rounds=0, joint_refine=False, **base)
+            cfg = BQQConfig(init="random", steps=steps, flip_rounds=0, joint_refine=False,
+                            scale_interval=1, **base)
             info, secs = ours(x, cfg)
             joint = quantize_weight(x, BQQConfig(**{**cfg.to_dict(), "joint_refine": True}))
             rows.append(["paper mode, greedy", steps, info["greedy_mse"][1], info["mse"], secs,

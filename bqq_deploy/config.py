@@ -15,10 +15,11 @@ class BQQConfig:
     steps       annealing steps per stack
     seed        makes the solver deterministic on a given device
     device      "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    init        "svd": signs of the rank-l truncated SVD, annealed from warm_t_start with
-                step warm_eta, the signs softened to 0.5 +- warm_strength/2 and each block
-                divided by warm_norm x its RMS; "random": the paper's start (t_start, eta,
-                blocks divided by their range)
+    init        "svd": signs of the rank-l truncated SVD, annealed from warm_t_start to
+                warm_t_end with step warm_eta, the signs softened to 0.5 +- warm_strength/2
+                and each block divided by warm_norm x its RMS; "random": the paper's start
+                (t_start to t_end, eta, blocks divided by their range)
+    scale_interval  steps between exact scale solves while annealing (the paper: 1)
     flip_rounds rounds of exact greedy bit flips after thresholding (0 = off)
     joint_refine  re-solve all stacks' scales together by least squares after the greedy pass
     early_stop_tol  stop annealing when the relaxed energy changes less than this (relative)
@@ -29,16 +30,16 @@ class BQQConfig:
 
     Defaults (= preset "balanced"), chosen by measurement (docs/QUANTIZE.md): 64 x 64 blocks,
     l = 32 (one 32-bit word per packed row, 1.02 bits/weight per stack with scales) are what
-    the kernels read fastest; 250 annealing steps from the SVD warm start plus bit flips cost
-    ~11-30 s per million weights per 2 stacks on one shared CPU core (10M weights in 2-5 min)
-    and reach 0.128 MSE on the 128x128 Gaussian reference (paper: 0.105 after 50,000 steps,
-    which preset "best" approaches at 2,000 steps: 0.111).
+    the kernels read fastest; 1,000 annealing steps from the SVD warm start through the
+    window of temperatures where the bits settle (0.1 -> 0.07), then bit flips: about 20 s
+    per million weights at 3 stacks on this project's 2-core CPU, and below round-to-nearest
+    at 3 bits on trained weights.
     """
 
     bits: int = 2
     group_size: int | tuple[int, int] = 64
     rank_scale: float = 1.0
-    steps: int = 250
+    steps: int = 1_000
     seed: int = 0
     device: str = "auto"
     # Annealed mean-field descent (paper defaults).
@@ -49,9 +50,11 @@ class BQQConfig:
     # Beyond the paper (docs/QUANTIZE.md has the measurements behind each default).
     init: str = "svd"
     warm_t_start: float = 0.1
-    warm_strength: float = 0.8
+    warm_t_end: float = 0.07
+    warm_strength: float = 0.95
     warm_eta: float = 0.25
     warm_norm: float = 7.5
+    scale_interval: int = 2
     flip_rounds: int = 30
     early_stop_tol: float = 0.0
     joint_refine: bool = True
@@ -76,9 +79,13 @@ class BQQConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.init not in ("svd", "random"):
             raise ValueError(f"init must be 'svd' or 'random', got {self.init!r}")
+        if min(self.t_start, self.t_end, self.warm_t_start, self.warm_t_end) < 0:
+            raise ValueError("temperatures (t_start, t_end, warm_t_start, warm_t_end) must be >= 0")
         if self.warm_norm <= 0 or self.warm_eta <= 0:
             raise ValueError(f"warm_norm and warm_eta must be positive, got {self.warm_norm}, "
                              f"{self.warm_eta}")
+        if self.scale_interval < 1:
+            raise ValueError(f"scale_interval must be >= 1, got {self.scale_interval}")
         if self.flip_rounds < 0:
             raise ValueError(f"flip_rounds must be >= 0, got {self.flip_rounds}")
         if self.batch_weights < 1:
@@ -114,5 +121,5 @@ class BQQConfig:
 PRESETS: dict[str, dict] = {
     "fast": {"steps": 0, "flip_rounds": 30, "joint_refine": True},
     "balanced": {},  # the dataclass defaults
-    "best": {"steps": 2_000, "flip_rounds": 100, "joint_refine": True},
+    "best": {"steps": 3_000, "flip_rounds": 100, "joint_refine": True},
 }

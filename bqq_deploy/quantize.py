@@ -59,38 +59,57 @@ def _mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 _PINV_RTOL = 1e-7  # relative eigenvalue cut-off of the pseudo-inverse
 
 
-def _scale_system(x, u, v, y, z):
+def _sums(x):
+    """Row sums, column sums and total of blocks x [B, g_r, g_c]."""
+    rows = x.sum(-1)
+    return rows, x.sum(-2), rows.sum(-1)
+
+
+def _scale_system(x, u, v, y, z, x_sums=None, scratch: dict | None = None):
     """Normal equations G s = r of the masked least-squares fit of (a, b, c, d) to x.
 
     For relaxed y, z this is the mean-field (expected) energy of independent Bernoulli bits,
     as in the paper; for binary y, z the variance corrections vanish and it is the exact fit.
+    Requires x, y, z to be zero on padding (rows of y where u = 0, columns of z where
+    v = 0); then no [g_r, g_c] product is formed: the sum of (Y Z)^2 is the Frobenius
+    product of the l x l Grams Y^T Y and Z Z^T, and row / column sums of Y Z are products
+    with vectors. x_sums: _sums(x), and scratch: a dict of reusable buffers, for callers
+    that solve the same x many times.
     """
-    yz = y @ z
-    m = _mask(u, v)
-    xm = x * m
+    batch, g_r, rank = y.shape
+
+    def buffer(key, *shape):
+        if scratch is None:
+            return None
+        if key not in scratch:
+            scratch[key] = x.new_empty(shape)
+        return scratch[key]
+
+    yty = torch.bmm(y.transpose(1, 2), y, out=buffer("yty", batch, rank, rank))  # [B, l, l]
+    zzt = torch.bmm(z, z.transpose(1, 2), out=buffer("zzt", batch, rank, rank))
+    uy, uy2 = y.sum(1), yty.diagonal(dim1=1, dim2=2)  # [B, l]: sum_i y_ik, sum_i y_ik^2
+    zv, z2v = z.sum(-1), zzt.diagonal(dim1=1, dim2=2)
     sy, sz = y.sum(-1), z.sum(-2)  # [B, g_r], [B, g_c]
-    y2, z2 = y * y, z * z
-    uy, uy2 = (u[:, :, None] * y).sum(1), (u[:, :, None] * y2).sum(1)  # [B, l]
-    zv, z2v = (z * v[:, None, :]).sum(-1), (z2 * v[:, None, :]).sum(-1)  # [B, l]
+    yz_v = (y @ zv.unsqueeze(-1)).squeeze(-1)  # row sums of Y Z
+    u_yz = (uy.unsqueeze(1) @ z).squeeze(1)  # column sums of Y Z
     nu, nv = u.sum(-1), v.sum(-1)
-    yzm = yz * m
-    yz_v = yzm.sum(-1)  # [B, g_r]
-    u_yz = yzm.sum(-2)  # [B, g_c]
-    g00 = (yzm * yz).sum((1, 2)) + (uy * zv).sum(-1) - (uy2 * z2v).sum(-1)
+    uy_zv = (uy * zv).sum(-1)  # = sum of Y Z
+    g00 = (yty * zzt).sum((1, 2)) + uy_zv - (uy2 * z2v).sum(-1)
     g01 = ((sy + 1) * yz_v).sum(-1) - (uy2 * zv).sum(-1)
     g02 = ((sz + 1) * u_yz).sum(-1) - (uy * z2v).sum(-1)
-    g03 = yz_v.sum(-1)
-    usy, vsz = (u * sy).sum(-1), (v * sz).sum(-1)
-    g11 = nv * (u * (sy * sy + sy - y2.sum(-1))).sum(-1)
+    usy, vsz = sy.sum(-1), sz.sum(-1)
+    g11 = nv * ((sy * sy).sum(-1) + usy - uy2.sum(-1))
     g12 = usy * vsz
     g13 = nv * usy
-    g22 = nu * (v * (sz * sz + sz - z2.sum(-2))).sum(-1)
+    g22 = nu * ((sz * sz).sum(-1) + vsz - z2v.sum(-1))
     g23 = nu * vsz
     g33 = nu * nv
-    gram = torch.stack([g00, g01, g02, g03, g01, g11, g12, g13,
-                        g02, g12, g22, g23, g03, g13, g23, g33], -1).reshape(-1, 4, 4)
-    rhs = torch.stack([(xm * yz).sum((1, 2)), (sy * xm.sum(-1)).sum(-1),
-                       (sz * xm.sum(-2)).sum(-1), xm.sum((1, 2))], -1)
+    gram = torch.stack([g00, g01, g02, uy_zv, g01, g11, g12, g13,
+                        g02, g12, g22, g23, uy_zv, g13, g23, g33], -1).reshape(-1, 4, 4)
+    x_rows, x_cols, x_total = _sums(x) if x_sums is None else x_sums
+    xz = torch.bmm(x, z.transpose(1, 2), out=buffer("xz", batch, g_r, rank))
+    rhs = torch.stack([xz.mul_(y).sum((1, 2)), (sy * x_rows).sum(-1),
+                       (sz * x_cols).sum(-1), x_total], -1)
     return gram, rhs
 
 
@@ -128,7 +147,8 @@ def _solve_spd_fast(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def _solve_scales(x, u, v, y, z):
-    return _solve_spd(*_scale_system(x, u, v, y, z))
+    """Exact scales of binary y, z (any values on padding: masked here)."""
+    return _solve_spd(*_scale_system(x * _mask(u, v), u, v, y * u[:, :, None], z * v[:, None, :]))
 
 
 def _reconstruct(y, z, s):
@@ -160,53 +180,90 @@ def _svd_sign_init(x, u, v, rank: int, gen: torch.Generator):
     return y, z
 
 
-def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, eta: float,
-            callback=None):
+def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, t_end: float,
+            eta: float, callback=None):
     """The paper's annealed mean-field descent from relaxed (y, z); returns relaxed (y, z).
 
     Momentum step at the extrapolated point (zeta), step eta on the mean-field energy
-    gradient plus the entropy term T (y - 0.5), clamp to [0, 1], exact scale solve after
-    every step, T linear from t_start to cfg.t_end. Stops early when every block's relaxed
+    gradient plus the entropy term T (y - 0.5), clamp to [0, 1], exact scale solve every
+    cfg.scale_interval steps (the paper: every step) and after the last, T linear from
+    t_start to t_end. Stops early when every block's relaxed
     energy changed by less than cfg.early_stop_tol (relative) over the last window.
+
+    Written for few passes over memory (the step is bound by them on a CPU, not by the
+    products): the residual is one fused product of augmented factors, each gradient is
+    one product plus a per-column affine term in y (resp. z), and the update is fused into
+    that product. Padded rows of y and columns of z are held at zero, which is what lets
+    _scale_system and the gradient drop the masks.
     """
     if steps <= 0:
         return y, z, 0
+    batch, g_r, g_c = x.shape
+    rank = y.shape[-1]
     zeta = cfg.zeta
-    y_prev = y - eta * (y - 0.5)  # the paper starts with a small velocity towards 0.5
-    z_prev = z - eta * (z - 0.5)
-    y, z = y_prev, z_prev
-    y_prev, z_prev = y_prev.clone(), z_prev.clone()
-    s = _solve_spd_fast(*_scale_system(x, u, v, y, z))
-    m = _mask(u, v)
     u3, v3 = u[:, :, None], v[:, None, :]
+    padded = not bool((u > 0).all() and (v > 0).all())
+    m = _mask(u, v) if padded else None
+    # The paper starts with a small velocity towards 0.5.
+    y_prev = ((y - eta * (y - 0.5)) * u3).contiguous()
+    z_prev = ((z - eta * (z - 0.5)) * v3).contiguous()
+    y, z = y_prev.clone(), z_prev.clone()
+    # Every full-size tensor lives in a buffer allocated once: on a CPU, fresh allocations
+    # of this size cost page faults that took more time than the arithmetic.
+    y_next, z_next = torch.empty_like(y), torch.empty_like(z)
+    yf, y_coef, z_coef = torch.empty_like(y), torch.empty_like(y), torch.empty_like(z)
+    y_aug = x.new_ones(batch, g_r, rank + 2)  # [a yf, 1, b sum(yf) + d]
+    z_aug = x.new_ones(batch, rank + 2, g_c)  # [zf; c sum(zf); 1]
+    zf = z_aug[:, :rank]
+    part = torch.empty_like(x)
+    scratch: dict = {}
+    x_sums = _sums(x)
+    s = _solve_spd_fast(*_scale_system(x, u, v, y, z, x_sums, scratch))
     nu3, nv3 = u.sum(-1)[:, None, None], v.sum(-1)[:, None, None]
-    x_energy = (x * x * m).sum((1, 2))
-    delta_t = (t_start - cfg.t_end) / max(steps - 1, 1)
+    x_energy = (x * x).sum((1, 2))
+    delta_t = (t_start - t_end) / max(steps - 1, 1)
     window = max(50, steps // 20)
     last_energy = None
     done = 0
     for step in range(steps):
         temp = t_start - step * delta_t
         a, b, c, d = (s[:, i, None, None] for i in range(4))
-        yf = y + zeta * (y - y_prev)
-        zf = z + zeta * (z - z_prev)
-        part = (x - (a * (yf @ zf) + b * yf.sum(-1, keepdim=True)
-                     + c * zf.sum(-2, keepdim=True) + d)) * m
-        zf_v = (zf * v3).sum(-1)[:, None, :]  # [B, 1, l]
-        zf2_v = (zf * zf * v3).sum(-1)[:, None, :]
-        y_grad = (-2 * (a * (part @ zf.transpose(1, 2)) + b * part.sum(-1, keepdim=True))
-                  + u3 * ((a * a + 2 * a * b * (1 - 2 * yf) + 2 * a * c) * zf_v
-                          - 2 * (a * c + a * a * yf) * zf2_v + b * b * (1 - 2 * yf) * nv3))
-        yf_u = (yf * u3).sum(1)[:, :, None]  # [B, l, 1]
-        yf2_u = (yf * yf * u3).sum(1)[:, :, None]
-        z_grad = (-2 * (a * (yf.transpose(1, 2) @ part) + c * part.sum(-2, keepdim=True))
-                  + v3 * ((a * a + 2 * a * b + 2 * a * c * (1 - 2 * zf)) * yf_u
-                          - 2 * (a * a * zf + a * b) * yf2_u + c * c * (1 - 2 * zf) * nu3))
-        y_new = (2 * y - y_prev - eta * (y_grad + temp * (y - 0.5))).clamp_(0, 1)
-        z_new = (2 * z - z_prev - eta * (z_grad + temp * (z - 0.5))).clamp_(0, 1)
-        y_prev, z_prev, y, z = y, z, y_new, z_new
-        gram, rhs = _scale_system(x, u, v, y, z)
-        s = _solve_spd_fast(gram, rhs)
+        torch.sub(y, y_prev, out=yf).mul_(zeta).add_(y)  # extrapolated points
+        torch.sub(z, z_prev, out=zf).mul_(zeta).add_(z)
+        # part = (x - W_hat(yf, zf)) * mask as one product of the augmented factors
+        torch.mul(yf, a, out=y_aug[..., :rank])
+        y_aug[..., rank + 1:] = b * yf.sum(-1, keepdim=True) + d
+        z_aug[:, rank:rank + 1] = c * zf.sum(-2, keepdim=True)
+        part.copy_(x).baddbmm_(y_aug, z_aug, alpha=-1)
+        if padded:
+            part.mul_(m)
+        # Mean-field gradient in y: -2 part (a zf + b)^T + c0 + yf * c1, where c0, c1 (one
+        # value per column of y) carry the variance terms of the expected energy; in z
+        # likewise with d0, d1.
+        zf_v, zf2_v = zf.sum(-1)[:, None, :], torch.mul(zf, zf, out=z_coef).sum(-1)[:, None, :]
+        yf_u, yf2_u = yf.sum(1)[:, :, None], torch.mul(yf, yf, out=y_coef).sum(1)[:, :, None]
+        c0 = (a * a + 2 * a * b + 2 * a * c) * zf_v - 2 * a * c * zf2_v + b * b * nv3
+        c1 = -4 * a * b * zf_v - 2 * a * a * zf2_v - 2 * b * b * nv3
+        d0 = (a * a + 2 * a * b + 2 * a * c) * yf_u - 2 * a * b * yf2_u + c * c * nu3
+        d1 = -4 * a * c * yf_u - 2 * a * a * yf2_u - 2 * c * c * nu3
+        # y <- clamp(2 y - y_prev - eta (grad + T (y - 0.5)), 0, 1), the product term last
+        keep = 2 - eta * temp
+        torch.mul(yf, -eta * c1, out=y_next).add_(eta * (temp / 2 - c0))
+        torch.mul(zf, a, out=z_coef).add_(b)
+        y_next.add_(y, alpha=keep).sub_(y_prev)
+        y_next.baddbmm_(part, z_coef.transpose(1, 2), alpha=2 * eta).clamp_(0, 1)
+        torch.mul(zf, -eta * d1, out=z_next).add_(eta * (temp / 2 - d0))
+        torch.mul(yf, a, out=y_coef).add_(c)
+        z_next.add_(z, alpha=keep).sub_(z_prev)
+        z_next.baddbmm_(y_coef.transpose(1, 2), part, alpha=2 * eta).clamp_(0, 1)
+        if padded:
+            y_next.mul_(u3)
+            z_next.mul_(v3)
+        y_prev, y, y_next = y, y_next, y_prev
+        z_prev, z, z_next = z, z_next, z_prev
+        if (step + 1) % cfg.scale_interval == 0 or step == steps - 1:
+            gram, rhs = _scale_system(x, u, v, y, z, x_sums, scratch)
+            s = _solve_spd_fast(gram, rhs)
         done = step + 1
         if callback is not None:
             callback(1)
@@ -290,16 +347,16 @@ def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
     stats = {}
     if cfg.init == "svd":
         y, z = _svd_sign_init(xn, u, v, rank, gen)
-        t_start = cfg.warm_t_start
+        t_start, t_end = cfg.warm_t_start, cfg.warm_t_end
         if cfg.steps > 0:  # soften the signs so annealing can still move them
             y = 0.5 + cfg.warm_strength * (y - 0.5)
             z = 0.5 + cfg.warm_strength * (z - 0.5)
     else:
         y = torch.rand(batch, g_r, rank, generator=gen, device=x.device, dtype=x.dtype)
         z = torch.rand(batch, rank, g_c, generator=gen, device=x.device, dtype=x.dtype)
-        t_start = cfg.t_start
+        t_start, t_end = cfg.t_start, cfg.t_end
     eta = cfg.warm_eta if cfg.init == "svd" else cfg.eta
-    y, z, stats["steps"] = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, eta, callback)
+    y, z, stats["steps"] = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, t_end, eta, callback)
     if callback is not None and stats["steps"] < cfg.steps:
         callback(cfg.steps - stats["steps"])
     y = (y > 0.5).to(x.dtype) * u[:, :, None]  # padded rows carry no bits

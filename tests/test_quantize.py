@@ -77,6 +77,53 @@ def test_masking_ignores_padded_entries():
         assert torch.allclose(s[b].double(), ref, atol=1e-4)
 
 
+def _mean_field_energy(x, u, v, y, z, s):
+    """Independent reference: expected masked squared error when every bit is an
+    independent Bernoulli(y_ik) / Bernoulli(z_kj). Entry (i, j) is a sum over k of
+    independent terms a Y Z + b Y + c Z (+ d), each with E[f^2] from Y^2 = Y, Z^2 = Z."""
+    a, b, c, d = (s[:, i, None, None, None] for i in range(4))
+    yk, zk = y[:, :, None, :], z.transpose(1, 2)[:, None, :, :]  # [B, g_r, 1, l], [B, 1, g_c, l]
+    mean_k = a * yk * zk + b * yk + c * zk
+    square_k = (a * a + 2 * a * b + 2 * a * c) * yk * zk + b * b * yk + c * c * zk + 2 * b * c * yk * zk
+    mean = mean_k.sum(-1) + d[..., 0]
+    var = (square_k - mean_k ** 2).sum(-1)
+    return (((x - mean) ** 2 + var) * Q._mask(u, v)).sum()
+
+
+def _padded_relaxed_problem(seed):
+    gen = torch.Generator().manual_seed(seed)
+    u, v = torch.ones(3, 12), torch.ones(3, 10)
+    u[1, 9:], v[2, 7:] = 0, 0
+    x = torch.randn(3, 12, 10, generator=gen, dtype=torch.float64) * Q._mask(u, v).double()
+    y = torch.rand(3, 12, 5, generator=gen, dtype=torch.float64) * u[:, :, None].double()
+    z = torch.rand(3, 5, 10, generator=gen, dtype=torch.float64) * v[:, None, :].double()
+    return x, u.double(), v.double(), y, z
+
+
+def test_relaxed_scale_solve_minimises_the_mean_field_energy():
+    x, u, v, y, z = _padded_relaxed_problem(20)
+    s = Q._solve_spd(*Q._scale_system(x, u, v, y, z)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(_mean_field_energy(x, u, v, y, z, s), s)
+    # Stationary in all four scales (float64 throughout: round-off is ~1e-12 here).
+    assert float(grad.abs().max()) < 1e-8
+
+
+def test_annealing_step_follows_the_mean_field_gradient():
+    x, u, v, y0, z0 = _padded_relaxed_problem(21)
+    cfg, eta, temp = BQQConfig(scale_interval=1), 0.1, 0.05
+    # Reference: the paper's first step from rest, written from the energy by autograd.
+    y = ((y0 - eta * (y0 - 0.5)) * u[:, :, None]).requires_grad_(True)
+    z = ((z0 - eta * (z0 - 0.5)) * v[:, None, :]).requires_grad_(True)
+    s = Q._solve_spd(*Q._scale_system(x, u, v, y.detach(), z.detach()))
+    gy, gz = torch.autograd.grad(_mean_field_energy(x, u, v, y, z, s), (y, z))
+    y_ref = (y - eta * (gy + temp * (y - 0.5))).clamp(0, 1).detach() * u[:, :, None]
+    z_ref = (z - eta * (gz + temp * (z - 0.5))).clamp(0, 1).detach() * v[:, None, :]
+    y1, z1, done = Q._anneal(x, u, v, y0, z0, 1, cfg, temp, temp, eta)
+    assert done == 1
+    # float64: agreement to round-off proves the fused, mask-free update is the gradient step.
+    assert torch.allclose(y1, y_ref, atol=1e-10) and torch.allclose(z1, z_ref, atol=1e-10)
+
+
 def test_scales_are_stored_as_fp16_and_mse_is_of_stored_values():
     w = torch.randn(32, 40, generator=torch.Generator().manual_seed(7))
     q = quantize_weight(w, FAST, bias=torch.arange(32.0))
