@@ -187,8 +187,8 @@ def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, t_end: fl
     Momentum step at the extrapolated point (zeta), step eta on the mean-field energy
     gradient plus the entropy term T (y - 0.5), clamp to [0, 1], exact scale solve every
     cfg.scale_interval steps (the paper: every step) and after the last, T linear from
-    t_start to t_end. Stops early when every block's relaxed
-    energy changed by less than cfg.early_stop_tol (relative) over the last window.
+    t_start to t_end. Stops early when every block's relaxed energy changed by less than
+    cfg.early_stop_tol (relative) over the last window.
 
     Written for few passes over memory (the step is bound by them on a CPU, not by the
     products): the residual is one fused product of augmented factors, each gradient is
@@ -218,7 +218,8 @@ def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, t_end: fl
     part = torch.empty_like(x)
     scratch: dict = {}
     x_sums = _sums(x)
-    s = _solve_spd_fast(*_scale_system(x, u, v, y, z, x_sums, scratch))
+    gram, rhs = _scale_system(x, u, v, y, z, x_sums, scratch)
+    s = _solve_spd_fast(gram, rhs)
     nu3, nv3 = u.sum(-1)[:, None, None], v.sum(-1)[:, None, None]
     x_energy = (x * x).sum((1, 2))
     delta_t = (t_start - t_end) / max(steps - 1, 1)
@@ -268,7 +269,8 @@ def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, t_end: fl
         if callback is not None:
             callback(1)
         if cfg.early_stop_tol > 0 and done % window == 0:
-            # At the optimal scales the relaxed energy is |x|^2 - s.r (no extra work).
+            # At the optimal scales the relaxed energy is |x|^2 - s.r (no extra work; with
+            # scale_interval > 1 it is that of the last solve).
             energy = x_energy - (s * rhs).sum(-1)
             if last_energy is not None:
                 change = (last_energy - energy).abs() / (x_energy + 1e-30)

@@ -124,6 +124,18 @@ def test_annealing_step_follows_the_mean_field_gradient():
     assert torch.allclose(y1, y_ref, atol=1e-10) and torch.allclose(z1, z_ref, atol=1e-10)
 
 
+@pytest.mark.parametrize("scale_interval", [1, 64])
+def test_early_stop_ends_annealing_at_a_window_boundary(scale_interval):
+    w = torch.randn(32, 32, generator=torch.Generator().manual_seed(22))
+    base = dict(bits=2, group_size=16, steps=400, scale_interval=scale_interval)
+    assert quantize_weight(w, BQQConfig(**base)).info["steps"] == [400, 400]
+    # Any change is below a tolerance of 1 (relative to |x|^2), so the first comparison,
+    # after the second 50-step window, stops; with scale_interval 64 the energy compared
+    # is that of the last solve.
+    stopped = quantize_weight(w, BQQConfig(early_stop_tol=1.0, **base))
+    assert stopped.info["steps"] == [100, 100]
+
+
 def test_scales_are_stored_as_fp16_and_mse_is_of_stored_values():
     w = torch.randn(32, 40, generator=torch.Generator().manual_seed(7))
     q = quantize_weight(w, FAST, bias=torch.arange(32.0))
