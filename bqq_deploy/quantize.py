@@ -262,15 +262,16 @@ def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, t_end: fl
             z_next.mul_(v3)
         y_prev, y, y_next = y, y_next, y_prev
         z_prev, z, z_next = z, z_next, z_prev
-        if (step + 1) % cfg.scale_interval == 0 or step == steps - 1:
+        done = step + 1
+        check = cfg.early_stop_tol > 0 and done % window == 0
+        if done % cfg.scale_interval == 0 or done == steps or check:
             gram, rhs = _scale_system(x, u, v, y, z, x_sums, scratch)
             s = _solve_spd_fast(gram, rhs)
-        done = step + 1
         if callback is not None:
             callback(1)
-        if cfg.early_stop_tol > 0 and done % window == 0:
-            # At the optimal scales the relaxed energy is |x|^2 - s.r (no extra work; with
-            # scale_interval > 1 it is that of the last solve).
+        if check:
+            # At the optimal scales the relaxed energy is |x|^2 - s.r (no extra work: a
+            # check step always solves).
             energy = x_energy - (s * rhs).sum(-1)
             if last_energy is not None:
                 change = (last_energy - energy).abs() / (x_energy + 1e-30)

@@ -134,6 +134,34 @@ def test_early_stop_ends_annealing_at_a_window_boundary(scale_interval):
     # is that of the last solve.
     stopped = quantize_weight(w, BQQConfig(early_stop_tol=1.0, **base))
     assert stopped.info["steps"] == [100, 100]
+    # A tolerance nothing meets never stops: each check compares energies of fresh solves
+    # (a stale solve compared with itself would read as "no change").
+    strict = quantize_weight(w, BQQConfig(early_stop_tol=1e-12, **{**base, "scale_interval": 200}))
+    assert strict.info["steps"] == [400, 400]
+
+
+def test_annealing_trajectory_matches_the_unfused_algorithm():
+    """Several steps with momentum and a falling temperature: the paper's update written
+    plainly (gradient by autograd at the extrapolated point, scales solved every step)."""
+    x, u, v, y0, z0 = _padded_relaxed_problem(23)
+    cfg, eta, steps, t0, t1 = BQQConfig(scale_interval=1), 0.1, 6, 0.1, 0.02
+    um, vm = u[:, :, None], v[:, None, :]
+    y_prev, z_prev = (y0 - eta * (y0 - 0.5)) * um, (z0 - eta * (z0 - 0.5)) * vm
+    y, z = y_prev.clone(), z_prev.clone()
+    s = Q._solve_spd(*Q._scale_system(x, u, v, y, z))
+    for step in range(steps):
+        temp = t0 - step * (t0 - t1) / (steps - 1)
+        yf = (y + cfg.zeta * (y - y_prev)).requires_grad_(True)
+        zf = (z + cfg.zeta * (z - z_prev)).requires_grad_(True)
+        gy, gz = torch.autograd.grad(_mean_field_energy(x, u, v, yf, zf, s), (yf, zf))
+        y_new = (2 * y - y_prev - eta * (gy + temp * (y - 0.5))).clamp(0, 1) * um
+        z_new = (2 * z - z_prev - eta * (gz + temp * (z - 0.5))).clamp(0, 1) * vm
+        y_prev, z_prev, y, z = y, z, y_new, z_new
+        s = Q._solve_spd(*Q._scale_system(x, u, v, y, z))
+    y6, z6, done = Q._anneal(x, u, v, y0, z0, steps, cfg, t0, t1, eta)
+    assert done == steps
+    # float64; six steps of a momentum method amplify round-off to ~1e-12 at most here.
+    assert torch.allclose(y6, y, atol=1e-9) and torch.allclose(z6, z, atol=1e-9)
 
 
 def test_scales_are_stored_as_fp16_and_mse_is_of_stored_values():
