@@ -119,7 +119,7 @@ class BQQConfig:
 
 # The settings behind BQQConfig.preset (docs/QUANTIZE.md: how they were chosen).
 PRESETS: dict[str, dict] = {
-    "fast": {"steps": 0, "flip_rounds": 30, "joint_refine": True},
+    "fast": {"steps": 100, "flip_rounds": 30, "joint_refine": True},
     "balanced": {},  # the dataclass defaults
     "best": {"steps": 3_000, "flip_rounds": 100, "joint_refine": True},
 }

@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: onnx)")
     quant = parser.add_argument_group("quantiser (defaults: the --quality preset)")
     quant.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced",
-                       help="solver preset: fast (seconds per million weights, SVD signs + "
-                            "bit flips), balanced (1,000 annealing steps, ~20 s per million "
+                       help="solver preset: fast (100 annealing steps, a few seconds per "
+                            "million weights), balanced (1,000 annealing steps, ~20 s per million "
                             "weights at 3 bits on a 2-core CPU), best (3,000 steps, ~3x "
                             "balanced) (default: balanced)")
     quant.add_argument("--bits", type=int, help="stacks p, about p bits per weight (1..16)")
