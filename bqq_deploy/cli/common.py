@@ -17,10 +17,19 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="print debug details")
 
 
+# Loggers whose INFO messages (progress of the steps) are shown by default.
+OWN_LOGGERS = ("bqq_deploy", "bqq-export", "bqq-build", "bqq-validate", "bqq-demo")
+
+
 def configure_logging(args: argparse.Namespace) -> None:
-    level = logging.ERROR if getattr(args, "quiet", False) else (
-        logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    """-q: errors only; default: this package's progress messages, other libraries' warnings
+    (an export collects those into one summary); -v: everything, torch's exporter included."""
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    root_level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=root_level, format="%(message)s", stream=sys.stderr, force=True)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.DEBUG if verbose
+                                         else logging.INFO)
 
 
 def run(prog: str, handler: Callable[[argparse.Namespace], int | None],
