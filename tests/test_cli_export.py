@@ -41,7 +41,7 @@ def test_export_torchscript_bundle(tmp_path, capsys):
                                   "reason": "--exclude head.*"}]
     assert len(report["layers"]) == 6 and report["validation"]["vs_bqq_reference"]["passed"]
     summary = capsys.readouterr().out
-    assert "quantised bytes vs fp16" in summary and "ORT vs float W_hat model" in summary
+    assert "quantised bytes vs fp16" in summary and "parity vs float W_hat model" in summary and "verdict" in summary
     assert _leftovers(out.parent) == []
     # an existing non-empty bundle is refused, then replaced with --force
     assert main([str(model), "-o", str(out), *FAST]) == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 
 import onnx
 import torch
@@ -21,37 +20,53 @@ OPSET = 18
 
 
 def torch_to_onnx(source: SourceModel, opset: int = OPSET) -> onnx.ModelProto:
-    """Export source's torch model to ONNX (opset >= 18, batch dimension dynamic).
+    """Export source's torch model to ONNX (opset >= 18).
 
     TorchScript and eager modules go through the TorchScript-based exporter with constant
-    folding; torch.export programs (.pt2) through the torch.export-based one, which keeps
-    the program's own dynamic dimensions."""
+    folding, traced at each input's opt shape (concrete_shape), with the batch dim and every
+    dim whose profile range is not a single value dynamic; torch.export programs (.pt2) go
+    through the torch.export-based one, which keeps the program's own dynamic dims."""
     feeds = sample_inputs(source.inputs)
     args = tuple(torch.from_numpy(feeds[s.name]) for s in source.inputs)
     input_names = [s.name for s in source.inputs]
     output_names = source.output_names or ["output"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            if source.program is not None:
-                program = torch.onnx.export(source.program, args, None, dynamo=True,
-                                            opset_version=opset, input_names=input_names,
-                                            output_names=output_names, optimize=True,
-                                            verbose=False)
-                model = program.model_proto
-            else:
-                buffer = io.BytesIO()
-                dynamic = {name: {0: "batch"} for name in input_names + output_names}
-                torch.onnx.export(source.module, args, buffer, dynamo=False, opset_version=opset,
-                                  input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic, do_constant_folding=True)
-                model = onnx.load_from_string(buffer.getvalue())
-        except Exception as exc:
-            raise InputError(f"{source.path}: torch.onnx.export failed "
-                             f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
-    for warning in caught:
-        log.debug("torch.onnx: %s", str(warning.message).splitlines()[0])
-    return model
+    try:
+        if source.program is not None:
+            program = torch.onnx.export(source.program, args, None, dynamo=True,
+                                        opset_version=opset, input_names=input_names,
+                                        output_names=output_names, optimize=True,
+                                        verbose=False)
+            return program.model_proto
+        buffer = io.BytesIO()
+        dynamic = {spec.name: _dynamic_axes(spec) for spec in source.inputs}
+        dynamic.update({name: {0: "batch"} for name in output_names})
+        torch.onnx.export(source.module, args, buffer, dynamo=False, opset_version=opset,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{source.path}: torch.onnx.export failed ({text})"
+                         + (TORCHSCRIPT_REMEDY if source.kind == "torchscript" else "")) from None
+    return onnx.load_from_string(buffer.getvalue())
+
+
+# A TorchScript file keeps no tensor shapes, which torch's ONNX exporter needs for some ops (a
+# traced nn.TransformerEncoder fails in MultiheadAttention); the Python model has them.
+TORCHSCRIPT_REMEDY = ("; the TorchScript file lacks the shapes the exporter needs: export the "
+                      "Python model instead, with bqq_deploy.export_model(model, args, out) or as "
+                      "a torch.export program (torch.export.save(torch.export.export(model, "
+                      "args), 'model.pt2'))")
+
+
+def _dynamic_axes(spec) -> dict[int, str]:
+    """{dim: name} of the dims of spec that vary: the batch and every ranged dim."""
+    axes = {}
+    for i, dim in enumerate(spec.shape):
+        ranged = spec.min is not None and spec.min[i] != spec.max[i]
+        if i == 0 or ranged:
+            axes[i] = dim if isinstance(dim, str) and dim != "?" else (
+                "batch" if i == 0 else f"{spec.name}_dim{i}")
+    return axes
 
 
 def ensure_opset(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
