@@ -31,6 +31,7 @@ class LayerEntry:
     bqq_node: str
     initializers: list[str]
     solver: dict = field(default_factory=dict)
+    shared_nodes: list[str] = field(default_factory=list)  # further nodes reading this weight
 
 
 @dataclass

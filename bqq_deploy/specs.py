@@ -242,10 +242,7 @@ def resolve_profiles(specs: list[TensorSpec], ranges=(), *, hints: dict | None =
         rng = by_name.get(spec.name)
         if rng is not None:
             lo, mid, hi = rng.min, rng.opt, rng.max
-        else:
-            if not spec.shape:
-                raise InputError(f"input {spec.name}: shape unknown; give it with --shapes "
-                                 f"{spec.name}:MIN/OPT/MAX")
+        else:  # a spec without dims is a scalar (its profile is empty)
             dims = []
             for i, dim in enumerate(spec.shape):
                 hint = hints.get(spec.name)
@@ -253,7 +250,7 @@ def resolve_profiles(specs: list[TensorSpec], ranges=(), *, hints: dict | None =
                                            and len(hint) > i else None, dim_bounds))
                 if isinstance(dim, str) and dim != "?":  # inputs sharing a dim share its range
                     dims[-1] = symbols.setdefault(dim, dims[-1])
-            lo, mid, hi = (tuple(d[k] for d in dims) for k in range(3))
+            lo, mid, hi = (tuple(d[k] for d in dims) for k in range(3)) if dims else ((), (), ())
         shape = tuple(_profiled_dim(spec, i, d, a, c)
                       for i, (d, a, c) in enumerate(zip(spec.shape or (None,) * len(lo), lo, hi)))
         dtype = rng.dtype if rng is not None and rng.dtype else spec.dtype

@@ -18,6 +18,7 @@ import torch
 from ..errors import InputError
 from ..model_files import exported_input_specs, kind_of, known_suffixes
 from ..specs import DTYPES, TensorSpec, sample_inputs, specs_from_ranges
+from .forms import check
 
 # Sources exported to ONNX by tracing a torch module (the TorchScript-based exporter): the
 # batch dim (dim 0) is made dynamic, and every dim given a range.
@@ -189,8 +190,8 @@ def load_model(path, *, input_shapes=(), shape_ranges=(), allow_pickle: bool = F
 
 def _load_onnx(path: Path, input_shapes) -> SourceModel:
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(path))  # external data is read from beside the file
+        check(model, path)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
         raise InputError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     specs = onnx_input_specs(model, path)

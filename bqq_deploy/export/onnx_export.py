@@ -75,7 +75,13 @@ def ensure_opset(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
     if current >= opset:
         return model
     try:
-        return version_converter.convert_version(model, opset)
+        converted = version_converter.convert_version(model, opset)
     except Exception as exc:
         raise InputError(f"cannot convert the ONNX model from opset {current} to {opset} "
                          f"({str(exc).strip().splitlines()[0]})") from None
+    # The converter drops node metadata, where torch's exporter records module paths.
+    metadata = {n.name: n.metadata_props for n in model.graph.node if n.name and n.metadata_props}
+    for node in converted.graph.node:
+        if node.name in metadata and not node.metadata_props:
+            node.metadata_props.extend(metadata[node.name])
+    return converted

@@ -20,7 +20,7 @@ from ..quantize import InputStatistics, quantize_weights
 from ..quantize.selection import excluded, too_small
 from ..report import ExportReport, LayerEntry, SkippedLayer
 from ..specs import describe_profiles, integer_inputs, resolve_profiles, sample_inputs
-from . import surgery
+from . import forms, surgery
 from .loaders import TRACED_KINDS, SourceModel, onnx_input_specs
 from .notices import Notices, collecting
 from .onnx_export import ensure_opset, torch_to_onnx
@@ -199,7 +199,7 @@ def check_exported_inputs(fp32: onnx.ModelProto, source: SourceModel) -> None:
 def fp32_onnx(source: SourceModel) -> onnx.ModelProto:
     """The source as an fp32 ONNX model at opset >= 18 with every node named."""
     model = source.onnx_model if source.onnx_model is not None else torch_to_onnx(source)
-    return surgery.name_nodes(ensure_opset(model))
+    return surgery.name_nodes(forms.normalize(ensure_opset(model)))
 
 
 def export_bundle(source: SourceModel, out: str | Path,
@@ -229,6 +229,7 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
     clock = time.perf_counter()
     fp32 = fp32_onnx(source)
     check_exported_inputs(fp32, source)
+    check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data))
     timings["onnx export"] = time.perf_counter() - clock
     candidates, skipped, matches = _select_layers(source, fp32, options)
 
@@ -255,15 +256,18 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
         config=options.config.to_dict(), inputs=[s.to_dict() for s in source.inputs],
         files={"portable": Bundle.PORTABLE_ONNX, "tensorrt": Bundle.TRT_ONNX,
                "tensorrt_fp16": Bundle.TRT_ONNX_FP16, "layers": Bundle.LAYERS},
-        layers=[_layer_entry(c, weights[c.layer]) for c in candidates], skipped=skipped,
+        layers=[_layer_entry(c, weights[c.layer], candidates) for c in _first_uses(candidates)],
+        skipped=skipped,
         calibration=data.calib_info, timings_s=timings,
         shape_ranges=("--shapes " if options.shapes else "default (--shapes to change): ")
         + describe_profiles(source.inputs))
     with Bundle.create(out, options.force) as bundle:
         for name, model in models.items():
-            onnx.save(model, str(bundle / name))
+            forms.save(model, bundle / name)
+            if forms.is_large(model):
+                forms.check(model, bundle / name, full_check=True)
         save_layers(bundle / Bundle.LAYERS, {c.layer: weights[c.layer] for c in candidates})
-        report.sizes = _sizes(bundle, fp32, candidates, weights)
+        report.sizes = _sizes(bundle, fp32, _first_uses(candidates), weights)
         clock = time.perf_counter()
         report.validation, report.latency = _validate(
             source, fp32, bundle / Bundle.PORTABLE_ONNX, candidates, weights, matches, data,
@@ -291,14 +295,19 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
     found, rejected = surgery.find_candidates(fp32)
     skipped = [SkippedLayer(**entry) for entry in rejected]
     matches = match_parameters(source.module, found) if source.is_torch else {}
-    candidates = []
     for cand in found:
         if cand.node in matches:
             cand.layer = matches[cand.node].weight
-        reason = (excluded([cand.layer, cand.weight_name, cand.node], exclude=options.exclude)
-                  or too_small(*cand.shape, options.config))
-        if reason:
-            skipped.append(SkippedLayer(cand.layer, cand.node, reason))
+    reasons: dict[str, str | None] = {}  # per layer: a shared weight is in or out as a whole
+    for cand in found:
+        if cand.layer not in reasons:
+            names = [n for c in found if c.layer == cand.layer for n in c.names]
+            reasons[cand.layer] = (excluded(names, exclude=options.exclude)
+                                   or too_small(*cand.shape, options.config))
+    candidates = []
+    for cand in found:
+        if reasons[cand.layer]:
+            skipped.append(SkippedLayer(cand.layer, cand.node, reasons[cand.layer]))
         else:
             candidates.append(cand)
     if not candidates:
@@ -308,6 +317,11 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
     return candidates, skipped, matches
 
 
+def _first_uses(candidates: list[surgery.Candidate]) -> list[surgery.Candidate]:
+    """One candidate per layer (a weight shared by several nodes is one layer)."""
+    return [c for c in candidates if c.use == 0]
+
+
 def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.ModelProto]:
     """The bundle's three ONNX files, each checked by onnx.checker."""
     models = {}
@@ -315,13 +329,13 @@ def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.Model
         model = surgery.replace_with_bqq(fp32, candidates, weights, form)
         models[name] = surgery.to_fp16(model) if name == Bundle.TRT_ONNX_FP16 else model
         try:
-            onnx.checker.check_model(models[name], full_check=True)
+            forms.check(models[name], full_check=True)  # past 2 GB: checked once saved
         except onnx.checker.ValidationError as exc:
             raise RuntimeError(f"{name} failed onnx.checker: {exc}") from exc
     return models
 
 
-def _layer_entry(cand: surgery.Candidate, weight) -> LayerEntry:
+def _layer_entry(cand: surgery.Candidate, weight, candidates=()) -> LayerEntry:
     w = torch.from_numpy(cand.weight)
     mse = float((weight.dequantize() - w).pow(2).mean())
     prefix = f"{cand.layer}.bqq"
@@ -331,9 +345,10 @@ def _layer_entry(cand: surgery.Candidate, weight) -> LayerEntry:
         group=[weight.group_rows, weight.group_cols], rank=weight.rank, stacks=weight.stacks,
         bits_per_weight=weight.bits_per_weight, weight_mse=mse,
         relative_mse=mse / max(float(w.pow(2).mean()), 1e-30),
-        bqq_node=f"{cand.layer}.BQQMatMul",
+        bqq_node=cand.bqq_node,
         initializers=[f"{prefix}.{k}" for k in ("y_bits", "z_bits", "scales", "bias")],
-        solver={k: v for k, v in weight.info.items() if isinstance(v, (int, float, str, bool))})
+        solver={k: v for k, v in weight.info.items() if isinstance(v, (int, float, str, bool))},
+        shared_nodes=[c.node for c in candidates if c.layer == cand.layer and c.use])
 
 
 def _sizes(bundle: Bundle, fp32: onnx.ModelProto, candidates, weights) -> dict:
@@ -359,14 +374,11 @@ def _validate(source, fp32, portable_path, candidates, weights, matches, data: E
     from .. import runtime
     from ..runtime.torch_backend import TorchBackend
 
-    real = data.val is not None
-    feeds = data.val if real else [sample_inputs(source.inputs, seed=i)
-                                   for i in range(VALIDATION_BATCHES)]
-    what = ("the validation inputs" if data.val_info["source"] == "validation data" else
-            "the held-out calibration inputs" if real else "probe inputs at the profile's opt shape")
+    feeds, real = validation_feeds(source, data)
+    what = _feeds_label(data)
     with tempfile.TemporaryDirectory(prefix="bqq-validate-") as scratch:
         original_onnx = Path(scratch) / "original.onnx"
-        onnx.save(fp32, str(original_onnx))
+        forms.save(fp32, original_onnx)
         bqq = runtime.load(portable_path, backend="onnxruntime", providers=["CPUExecutionProvider"])
         original = runtime.load(original_onnx, backend="onnxruntime", providers=["CPUExecutionProvider"])
         reference, reference_kind = None, None
@@ -379,7 +391,7 @@ def _validate(source, fp32, portable_path, candidates, weights, matches, data: E
                 log.info("torch reference unavailable (%s); using the ONNX one", exc)
         if reference is None:
             ref_path = Path(scratch) / "reference.onnx"
-            onnx.save(surgery.with_weights(fp32, candidates, weights), str(ref_path))
+            forms.save(surgery.with_weights(fp32, candidates, weights), ref_path)
             reference = runtime.load(ref_path, backend="onnxruntime", providers=["CPUExecutionProvider"])
             reference_kind = "fp32 ONNX graph with each quantised weight replaced by its W_hat"
         parity = _checked(lambda: runtime.validate(reference, bqq, feeds, runtime.Tolerances(
@@ -400,6 +412,35 @@ def _validate(source, fp32, portable_path, candidates, weights, matches, data: E
                 result.pop("samples_ms", None)
                 latency[name] = result
     return validation, latency
+
+
+def validation_feeds(source: SourceModel, data: ExportData) -> tuple[list[dict], bool]:
+    """The feeds the checks run on, and whether they are real: the validation batches, else
+    VALIDATION_BATCHES probes (sample_inputs) at each input's opt shape."""
+    if data.val is not None:
+        return data.val, True
+    return [sample_inputs(source.inputs, seed=i) for i in range(VALIDATION_BATCHES)], False
+
+
+def _feeds_label(data: ExportData) -> str:
+    return {"validation data": "the validation inputs",
+            "calibration hold-out": "the held-out calibration inputs"}.get(
+        data.val_info["source"], "probe inputs at the profile's opt shape (set it with --shapes "
+                                 "NAME:MIN/OPT/MAX, or give --val-data)")
+
+
+def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> None:
+    """Run the fp32 model once on feeds in ONNX Runtime, so inputs it refuses are reported
+    before minutes of solving."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the exception says it; ORT's own log would repeat it
+    with forms.session_path(model) as what_to_load:
+        session = _checked(lambda: ort.InferenceSession(
+            what_to_load, options, providers=["CPUExecutionProvider"]), "ONNX Runtime (load)")
+    for batch in feeds:
+        _checked(lambda: session.run(None, batch), what)
 
 
 def _checked(run, what: str):
