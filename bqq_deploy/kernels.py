@@ -16,9 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _REF_NAME = "libbqq_matmul_ref.so"
 _CUDA_NAME = "libbqq_matmul_cuda.so"
 
-# Status codes and dtypes of plugins/bqq_matmul/bqq_matmul.h.
+# Status codes and dtypes of plugins/bqq_matmul/bqq_matmul.h, kernel paths of bqq_matmul_cuda.h.
 BQQ_OK, BQQ_ERR_INVALID_ARGUMENT, BQQ_ERR_CUDA, BQQ_ERR_UNSUPPORTED_ARCH = 0, 1, 2, 3
 _DTYPES = {torch.float32: 0, torch.float16: 1}
+PATHS = {0: "none", 1: "decode-tc", 2: "gemv-portable", 3: "tiled-mma", 4: "tiled-portable"}
 
 
 class KernelError(RuntimeError):
@@ -86,7 +87,25 @@ def cuda_library() -> ctypes.CDLL:
     lib.bqq_matmul_cuda.restype = ctypes.c_int
     lib.bqq_matmul_cuda.argtypes = ([ctypes.POINTER(_Layout), ctypes.c_int64, ctypes.c_int]
                                     + [ctypes.c_void_p] * 7 + [ctypes.c_size_t, ctypes.c_void_p])
+    lib.bqq_dequantize_cuda.restype = ctypes.c_int
+    lib.bqq_dequantize_cuda.argtypes = [ctypes.POINTER(_Layout)] + [ctypes.c_void_p] * 5
+    lib.bqq_matmul_cuda_set_portable.restype = ctypes.c_int
+    lib.bqq_matmul_cuda_set_portable.argtypes = [ctypes.c_int]
+    lib.bqq_matmul_cuda_last_path.restype = ctypes.c_int
+    lib.bqq_matmul_cuda_last_path.argtypes = []
     return lib
+
+
+def set_portable(enable: bool) -> bool:
+    """Force the portable SIMT kernels (the sm_75/sm_72 path) on any GPU, process-wide, so a
+    newer GPU tests that path too; returns the previous setting. BQQ_CUDA_PORTABLE=1 in the
+    environment sets it before the library is first used (TensorRT plugin included)."""
+    return bool(cuda_library().bqq_matmul_cuda_set_portable(int(enable)))
+
+
+def last_path() -> str:
+    """Kernel family of the last successful cuda_matmul on this thread (PATHS values)."""
+    return PATHS[cuda_library().bqq_matmul_cuda_last_path()]
 
 
 def layout_of(weight: BQQWeight) -> _Layout:
@@ -143,7 +162,6 @@ def reference_matmul_cpp(x: torch.Tensor, weight: BQQWeight) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def cuda_status() -> tuple[bool, str]:
     """(usable, reason): whether cuda_matmul can run here, and why not. Decided once per
     process: BQQLinear asks on every forward, and a missing library must not mean a
@@ -184,11 +202,27 @@ def cuda_matmul(x: torch.Tensor, weight: BQQWeight, out: torch.Tensor | None = N
     dtype = _DTYPES[x.dtype]
     with torch.cuda.device(x.device):
         ws_bytes = lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), rows.shape[0], dtype)
-        workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=x.device)
+        workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device) if ws_bytes else None
         stream = torch.cuda.current_stream(x.device).cuda_stream
         status = lib.bqq_matmul_cuda(ctypes.byref(layout), rows.shape[0], dtype, rows.data_ptr(),
                                      y_bits.data_ptr(), z_bits.data_ptr(), scales.data_ptr(),
                                      None if bias is None else bias.data_ptr(), out.data_ptr(),
-                                     workspace.data_ptr(), ws_bytes, stream)
+                                     None if workspace is None else workspace.data_ptr(), ws_bytes, stream)
     _check(lib, status, "bqq_matmul_cuda")
     return out.reshape(*x.shape[:-1], weight.out_features)
+
+
+def cuda_dequantize(weight: BQQWeight, device: torch.device | str = "cuda") -> torch.Tensor:
+    """W_hat [M, K] as fp16 on `device`, decoded by the CUDA kernel (for a dense GEMM when many
+    rows share one decode; bench/kernel_bench.py measures from how many rows that wins)."""
+    device = torch.device(device)
+    lib = cuda_library()
+    layout = layout_of(weight)
+    y_bits, z_bits, scales = _checked_tensors(lib, weight, layout, device)
+    out = torch.empty(weight.out_features, weight.in_features, dtype=torch.float16, device=device)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        status = lib.bqq_dequantize_cuda(ctypes.byref(layout), y_bits.data_ptr(), z_bits.data_ptr(),
+                                         scales.data_ptr(), out.data_ptr(), stream)
+    _check(lib, status, "bqq_dequantize_cuda")
+    return out
