@@ -1,7 +1,5 @@
 #include "BQQMatMulPlugin.h"
 
-#include <cuda_runtime_api.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <mutex>
@@ -9,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "bqq_layout.h"
 #include "bqq_matmul_cuda.h"
 
 namespace bqq
@@ -31,11 +30,6 @@ namespace
 
 std::mutex gLoggerMutex;
 nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
-
-int64_t ceilDiv(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
 
 std::string dimsToString(Dims const& dims)
 {
@@ -115,10 +109,11 @@ BQQLayout toLayout(FieldValues const& fields) noexcept
     return layout;
 }
 
-BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, std::string layerName)
+BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, bool hasBias, std::string layerName)
     : mFields(fields)
     , mLayout(toLayout(fields))
     , mLayerName(std::move(layerName))
+    , mHasBias(hasBias ? 1 : 0)
 {
 }
 
@@ -224,7 +219,8 @@ bool BQQMatMulPlugin::supportsFormatCombination(
     }
     if (pos == kInputYBits || pos == kInputZBits)
     {
-        return desc.type == DataType::kINT8;
+        // INT32 words (BQQMatMul_contract.json): an INT8 tensor is quantized data to TensorRT.
+        return desc.type == DataType::kINT32;
     }
     if (pos == kInputScales)
     {
@@ -251,10 +247,7 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
         return false;
     }
 
-    int64_t const p = mLayout.stacks;
-    int64_t const R = ceilDiv(mLayout.M, mLayout.group_rows);
-    int64_t const C = ceilDiv(mLayout.K, mLayout.group_cols);
-    int64_t const bytesPerRow = 4 * ceilDiv(mLayout.rank, 32);  // INT8 view of L int32 words
+    Layout const lay = Layout::from(mLayout);
     struct Expected
     {
         int32_t index;
@@ -262,9 +255,9 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
         std::vector<int64_t> shape;
     };
     std::vector<Expected> expected{
-        {kInputYBits, "y_bits", {p, R, C, mLayout.group_rows, bytesPerRow}},
-        {kInputZBits, "z_bits", {p, R, C, mLayout.group_cols, bytesPerRow}},
-        {kInputScales, "scales", {p, R, C, 4}},
+        {kInputYBits, "y_bits", {lay.p, lay.R, lay.C, lay.gr, lay.L}},
+        {kInputZBits, "z_bits", {lay.p, lay.R, lay.C, lay.gc, lay.L}},
+        {kInputScales, "scales", {lay.p, lay.R, lay.C, 4}},
     };
     if (nbInputs == kMaxInputs)
     {
@@ -288,7 +281,7 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
             }
             os << "] from the fields out_features=" << mLayout.M << " in_features=" << mLayout.K
                << " group_rows=" << mLayout.group_rows << " group_cols=" << mLayout.group_cols
-               << " rank=" << mLayout.rank << " stacks=" << mLayout.stacks << " (docs/FORMAT.md section 5)";
+               << " rank=" << mLayout.rank << " stacks=" << mLayout.stacks << " (INT32 words, docs/FORMAT.md section 5)";
             reportError(os.str());
             return false;
         }
@@ -296,28 +289,21 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
     return true;
 }
 
-// Build time (dims may still be -1) and run time share one check. checkInputs rejects a
-// count outside [kMinInputs, kMaxInputs] before it reads any dims, so a fixed array serves.
-int32_t BQQMatMulPlugin::acceptInputs(
-    Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) noexcept
-{
-    if (!checkInputs(dims, nbInputs, nbOutputs, allowUnknown))
-    {
-        return -1;
-    }
-    mHasBias = nbInputs == kMaxInputs;
-    return 0;
-}
-
 int32_t BQQMatMulPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
+    // checkInputs rejects a count outside [kMinInputs, kMaxInputs] before it reads any dims.
     Dims dims[kMaxInputs]{};
     for (int32_t i = 0; i < std::min(nbInputs, kMaxInputs); ++i)
     {
         dims[i] = in[i].desc.dims;
     }
-    return acceptInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/true);
+    if (!checkInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/true))
+    {
+        return -1;
+    }
+    mHasBias = nbInputs == kMaxInputs ? 1 : 0;  // serialised with the fields
+    return 0;
 }
 
 size_t BQQMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
@@ -335,7 +321,17 @@ int32_t BQQMatMulPlugin::onShapeChange(
     {
         dims[i] = in[i].dims;
     }
-    return acceptInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/false);
+    if (!checkInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/false))
+    {
+        return -1;
+    }
+    if ((nbInputs == kMaxInputs) != (mHasBias != 0))
+    {
+        reportError(std::string("the engine was built ") + (mHasBias ? "with" : "without") + " the bias input, but "
+            + std::to_string(nbInputs) + " inputs are bound");
+        return -1;
+    }
+    return 0;
 }
 
 int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
@@ -355,29 +351,9 @@ int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
     {
         return 0;
     }
-    std::string message;
-    switch (status)
-    {
-    case BQQ_ERR_UNSUPPORTED_ARCH:
-    {
-        int device = 0;
-        int major = 0;
-        int minor = 0;
-        cudaGetDevice(&device);
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-        std::string const sm = std::to_string(major * 10 + minor);
-        message = "the plugin library holds no CUDA kernel for this GPU (sm_" + sm + "): " + bqq_last_error()
-            + ". Rebuild it for this architecture, e.g. cmake -S <bqq-deploy> -B build -DCMAKE_CUDA_ARCHITECTURES=" + sm
-            + " -DTensorRT_ROOT=<TensorRT dir> && cmake --build build --target bqq_trt_plugin (docs/TENSORRT.md)";
-        break;
-    }
-    case BQQ_ERR_CUDA: message = std::string("CUDA error in bqq_matmul_cuda: ") + bqq_last_error(); break;
-    case BQQ_ERR_INVALID_ARGUMENT:
-        message = std::string("bqq_matmul_cuda rejected its arguments: ") + bqq_last_error();
-        break;
-    default: message = "bqq_matmul_cuda failed with status " + std::to_string(static_cast<int>(status)); break;
-    }
+    // bqq_last_error() is complete, advice included (an unsupported GPU architecture names
+    // the rebuild command): pass it on as it is.
+    std::string const message = std::string("bqq_matmul_cuda: ") + bqq_last_error();
     reportError("enqueue failed (" + std::to_string(rows) + " rows): " + message, nvinfer1::ErrorCode::kFAILED_EXECUTION);
     return -1;
 }
@@ -398,7 +374,8 @@ nvinfer1::PluginFieldCollection const* BQQMatMulPlugin::getFieldsToSerialize() n
     {
         mSerialFields[i] = PluginField(kFieldNames[i], &mFields[i], PluginFieldType::kINT32, 1);
     }
-    mSerialCollection.nbFields = kNbFields;
+    mSerialFields[kNbFields] = PluginField(kSerialFieldHasBias, &mHasBias, PluginFieldType::kINT32, 1);
+    mSerialCollection.nbFields = kNbFields + 1;
     mSerialCollection.fields = mSerialFields.data();
     return &mSerialCollection;
 }

@@ -15,15 +15,32 @@ using nvinfer1::PluginFieldType;
 namespace
 {
 
-// Fills values from fc; on failure returns false and sets error to a message naming the field.
-bool parseFields(nvinfer1::PluginFieldCollection const* fc, FieldValues& values, std::string& error)
+// Reads one int32 field into value; false (with error naming the field) otherwise.
+bool readInt32(PluginField const& field, int32_t& value, std::string& error)
 {
+    if (field.type != PluginFieldType::kINT32 || field.length != 1 || field.data == nullptr)
+    {
+        error = "field '" + std::string(field.name) + "' must be one int32 (an ONNX INT attribute), got type code "
+            + std::to_string(static_cast<int32_t>(field.type)) + " with length " + std::to_string(field.length);
+        return false;
+    }
+    std::memcpy(&value, field.data, sizeof(int32_t));
+    return true;
+}
+
+// Fills values (and hasBias, the serialise-only field of the runtime phase) from fc; on
+// failure returns false and sets error to a message naming the field.
+bool parseFields(nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase, FieldValues& values,
+    bool& hasBias, std::string& error)
+{
+    bool const runtime = phase == nvinfer1::TensorRTPhase::kRUNTIME;
     if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr))
     {
         error = "no creation fields given";
         return false;
     }
     std::array<bool, kNbFields> seen{};
+    int32_t biasFlag = -1;
     for (int32_t i = 0; i < fc->nbFields; ++i)
     {
         PluginField const& field = fc->fields[i];
@@ -31,6 +48,30 @@ bool parseFields(nvinfer1::PluginFieldCollection const* fc, FieldValues& values,
         {
             error = "field " + std::to_string(i) + " has no name";
             return false;
+        }
+        if (std::strcmp(field.name, kSerialFieldHasBias) == 0)
+        {
+            if (!runtime)
+            {
+                error = std::string("field '") + kSerialFieldHasBias
+                    + "' is written by the plugin into the engine; at build time the input count decides it";
+                return false;
+            }
+            if (biasFlag != -1)
+            {
+                error = std::string("field '") + kSerialFieldHasBias + "' is given twice";
+                return false;
+            }
+            if (!readInt32(field, biasFlag, error))
+            {
+                return false;
+            }
+            if (biasFlag != 0 && biasFlag != 1)
+            {
+                error = std::string("field '") + kSerialFieldHasBias + "' must be 0 or 1, got " + std::to_string(biasFlag);
+                return false;
+            }
+            continue;
         }
         int32_t index = 0;
         while (index < kNbFields && std::strcmp(field.name, kFieldNames[index]) != 0)
@@ -50,13 +91,10 @@ bool parseFields(nvinfer1::PluginFieldCollection const* fc, FieldValues& values,
             error = "field '" + name + "' is given twice";
             return false;
         }
-        if (field.type != PluginFieldType::kINT32 || field.length != 1 || field.data == nullptr)
+        if (!readInt32(field, values[index], error))
         {
-            error = "field '" + name + "' must be one int32 (an ONNX INT attribute), got type code "
-                + std::to_string(static_cast<int32_t>(field.type)) + " with length " + std::to_string(field.length);
             return false;
         }
-        std::memcpy(&values[index], field.data, sizeof(int32_t));
         seen[index] = true;
     }
     std::string missing;
@@ -66,6 +104,11 @@ bool parseFields(nvinfer1::PluginFieldCollection const* fc, FieldValues& values,
         {
             missing += (missing.empty() ? "" : ", ") + std::string(kFieldNames[index]);
         }
+    }
+    if (runtime && biasFlag == -1)
+    {
+        missing += (missing.empty() ? "" : ", ") + std::string(kSerialFieldHasBias)
+            + " (an engine serialised by an older plugin: rebuild the engine)";
     }
     if (!missing.empty())
     {
@@ -84,6 +127,7 @@ bool parseFields(nvinfer1::PluginFieldCollection const* fc, FieldValues& values,
         error = std::string("invalid layout fields: ") + bqq_last_error();
         return false;
     }
+    hasBias = biasFlag == 1;
     return true;
 }
 
@@ -126,8 +170,9 @@ nvinfer1::IPluginV3* BQQMatMulPluginCreator::createPlugin(
     {
         std::string const layer = name != nullptr ? name : "";
         FieldValues values{};
+        bool hasBias = false;
         std::string error;
-        if (!parseFields(fc, values, error))
+        if (!parseFields(fc, phase, values, hasBias, error))
         {
             logMessage(nvinfer1::ILogger::Severity::kERROR,
                 std::string("bqq::BQQMatMul (layer '") + layer + "', "
@@ -135,7 +180,7 @@ nvinfer1::IPluginV3* BQQMatMulPluginCreator::createPlugin(
                     + "): " + error);
             return nullptr;
         }
-        return new BQQMatMulPlugin(values, layer);
+        return new BQQMatMulPlugin(values, hasBias, layer);
     }
     catch (std::exception const& e)
     {
