@@ -35,7 +35,7 @@ native: setup
 	"$$cmake" --build $(BUILD_DIR) -j $(JOBS)
 
 demo: native
-	$(PY) -m bqq_deploy.demo
+	$(PY) -m bqq_deploy.cli.demo
 
 test: native
 	$(PY) -m pytest -q

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from bqq_deploy import kernels
-from bqq_deploy.format import BQQWeight, atomic_write_bytes
+from bqq_deploy.atomic import atomic_write_bytes
+from bqq_deploy.format import BQQWeight
 from bqq_deploy.nn import reference_matmul
 
 ROWS = [1, 2, 4, 8, 16, 64, 256, 4096]

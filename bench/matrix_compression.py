@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bqq_deploy import BQQConfig
-from bqq_deploy.format import atomic_write_bytes
+from bqq_deploy.atomic import atomic_write_bytes
 from bqq_deploy.models import load_trained
 from bqq_deploy.quantize import quantize_weight
 

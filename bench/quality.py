@@ -27,7 +27,7 @@ from torch import nn
 
 from bqq_deploy import BQQConfig
 from bqq_deploy.datasets import digits_split
-from bqq_deploy.format import atomic_write_bytes
+from bqq_deploy.atomic import atomic_write_bytes
 from bqq_deploy.models import load_trained
 from bqq_deploy.quantize import quantize_weights
 

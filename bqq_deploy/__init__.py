@@ -1,7 +1,8 @@
 """bqq-deploy: Binary Quadratic Quantization from PyTorch to TensorRT."""
 
 from .config import BQQConfig
-from .format import BQQWeight, FormatError, load_layers, save_layers
+from .errors import FormatError
+from .format import BQQWeight, load_layers, save_layers
 from .nn import BQQLinear, QuantizationReport, quantize_model
 from .quantize import quantize_weight, quantize_weights
 

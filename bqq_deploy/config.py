@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import InputError
+from .layout import MAX_GROUP, MAX_RANK, MAX_STACKS
+
 
 @dataclass(frozen=True)
 class BQQConfig:
@@ -66,30 +69,30 @@ class BQQConfig:
 
     def __post_init__(self):
         rows, cols = self.group_shape
-        if not 1 <= self.bits <= 16:
-            raise ValueError(f"bits must be in 1..16, got {self.bits}")
-        if not (1 <= rows <= 4096 and 1 <= cols <= 4096):
-            raise ValueError(f"group_size must be in 1..4096, got {self.group_size}")
+        if not 1 <= self.bits <= MAX_STACKS:
+            raise InputError(f"bits must be in 1..{MAX_STACKS}, got {self.bits}")
+        if not (1 <= rows <= MAX_GROUP and 1 <= cols <= MAX_GROUP):
+            raise InputError(f"group_size must be in 1..{MAX_GROUP}, got {self.group_size}")
         if self.rank_scale <= 0:
-            raise ValueError(f"rank_scale must be positive, got {self.rank_scale}")
-        if self.rank > 4096:  # docs/FORMAT.md section 1
-            raise ValueError(f"rank_scale {self.rank_scale} gives rank {self.rank}; the format "
-                             "allows at most 4096")
+            raise InputError(f"rank_scale must be positive, got {self.rank_scale}")
+        if self.rank > MAX_RANK:
+            raise InputError(f"rank_scale {self.rank_scale} gives rank {self.rank}; the format "
+                             f"allows at most {MAX_RANK}")
         if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+            raise InputError(f"steps must be >= 0, got {self.steps}")
         if self.init not in ("svd", "random"):
-            raise ValueError(f"init must be 'svd' or 'random', got {self.init!r}")
+            raise InputError(f"init must be 'svd' or 'random', got {self.init!r}")
         if min(self.t_start, self.t_end, self.warm_t_start, self.warm_t_end) < 0:
-            raise ValueError("temperatures (t_start, t_end, warm_t_start, warm_t_end) must be >= 0")
+            raise InputError("temperatures (t_start, t_end, warm_t_start, warm_t_end) must be >= 0")
         if self.warm_norm <= 0 or self.warm_eta <= 0:
-            raise ValueError(f"warm_norm and warm_eta must be positive, got {self.warm_norm}, "
+            raise InputError(f"warm_norm and warm_eta must be positive, got {self.warm_norm}, "
                              f"{self.warm_eta}")
         if self.scale_interval < 1:
-            raise ValueError(f"scale_interval must be >= 1, got {self.scale_interval}")
+            raise InputError(f"scale_interval must be >= 1, got {self.scale_interval}")
         if self.flip_rounds < 0:
-            raise ValueError(f"flip_rounds must be >= 0, got {self.flip_rounds}")
+            raise InputError(f"flip_rounds must be >= 0, got {self.flip_rounds}")
         if self.batch_weights < 1:
-            raise ValueError(f"batch_weights must be >= 1, got {self.batch_weights}")
+            raise InputError(f"batch_weights must be >= 1, got {self.batch_weights}")
 
     @property
     def group_shape(self) -> tuple[int, int]:
@@ -110,7 +113,7 @@ class BQQConfig:
         (long annealing, paper-like quality). Keyword overrides replace single fields.
         Measured times and errors per preset: docs/QUANTIZE.md."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:

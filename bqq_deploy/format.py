@@ -1,5 +1,6 @@
-"""The packed BQQ layout (docs/FORMAT.md, version 1): bit packing, the layer container and
-safetensors I/O that validates every shape, dtype and byte span before reading."""
+"""The packed BQQ weight (docs/FORMAT.md, version 1): bit packing, the layer container and
+safetensors I/O that validates every shape, dtype and byte span before reading. The layout
+arithmetic (fields, limits, grid, shapes) is bqq_deploy.layout's."""
 
 from __future__ import annotations
 
@@ -7,28 +8,17 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-FORMAT_NAME = "bqq"
-FORMAT_VERSION = 1
+from .atomic import atomic_write_bytes
+from .errors import FormatError
+from .layout import FORMAT_NAME, FORMAT_VERSION, Layout, words_per_row
+
 MAX_HEADER_BYTES = 100_000_000
-# Field limits of docs/FORMAT.md section 1.
-MAX_GROUP = 4096
-MAX_RANK = 4096
-MAX_STACKS = 16
-
-
-class FormatError(ValueError):
-    """A BQQ tensor or file that violates docs/FORMAT.md."""
-
-
-def words_per_row(rank: int) -> int:
-    return (rank + 31) // 32
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -74,26 +64,26 @@ class BQQWeight:
         return int(self.scales.shape[0])
 
     @property
+    def layout(self) -> Layout:
+        return Layout(self.out_features, self.in_features, self.group_rows, self.group_cols,
+                      self.rank, self.stacks)
+
+    @property
     def grid(self) -> tuple[int, int]:
-        return (math.ceil(self.out_features / self.group_rows),
-                math.ceil(self.in_features / self.group_cols))
+        return self.layout.grid
 
     @property
     def fields(self) -> dict:
-        return {"M": self.out_features, "K": self.in_features, "g_r": self.group_rows,
-                "g_c": self.group_cols, "l": self.rank, "p": self.stacks}
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        return expected_shapes(self.fields)
+        return self.layout.fields
 
     def validate(self, name: str = "layer") -> "BQQWeight":
         """Check shapes, dtypes, padding bits and scale values; raise FormatError naming the
         tensor at fault."""
-        check_fields(self.fields, name)
+        Layout.checked(self.fields, name)
         tensors = {"y_bits": self.y_bits, "z_bits": self.z_bits, "scales": self.scales}
         if self.bias is not None:
             tensors["bias"] = self.bias
-        for key, shape in self.expected_shapes().items():
+        for key, shape in self.layout.shapes().items():
             if key not in tensors:
                 continue
             tensor = tensors[key]
@@ -163,61 +153,12 @@ TENSOR_DTYPES = {"y_bits": torch.int32, "z_bits": torch.int32,
 REQUIRED_TENSORS = ("y_bits", "z_bits", "scales")
 
 
-def check_fields(fields: dict, name: str = "layer") -> None:
-    for key in ("M", "K", "g_r", "g_c", "l", "p"):
-        value = fields.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise FormatError(f"{name}: field {key} must be an integer, got {value!r}")
-    limits = {"M": (1, 2**31 - 1), "K": (1, 2**31 - 1), "g_r": (1, MAX_GROUP),
-              "g_c": (1, MAX_GROUP), "l": (1, MAX_RANK), "p": (1, MAX_STACKS)}
-    for key, (lo, hi) in limits.items():
-        if not lo <= fields[key] <= hi:
-            raise FormatError(f"{name}: field {key}={fields[key]} outside [{lo}, {hi}]")
-
-
-def expected_shapes(fields: dict) -> dict[str, tuple[int, ...]]:
-    rows = math.ceil(fields["M"] / fields["g_r"])
-    cols = math.ceil(fields["K"] / fields["g_c"])
-    n_words = words_per_row(fields["l"])
-    p = fields["p"]
-    return {"y_bits": (p, rows, cols, fields["g_r"], n_words),
-            "z_bits": (p, rows, cols, fields["g_c"], n_words),
-            "scales": (p, rows, cols, 4),
-            "bias": (fields["M"],)}
-
-
 # ---------------------------------------------------------------------------------------
 # safetensors I/O
 
 _ST_DTYPES = {"I32": (torch.int32, np.int32), "F16": (torch.float16, np.float16),
               "F32": (torch.float32, np.float32)}
 _ST_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _ST_DTYPES.items()}
-
-
-def atomic_write_bytes(path: str | os.PathLike, chunks) -> None:
-    """Write an iterable of byte strings to path through a temporary file in the same
-    directory and os.replace, so readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp's 0600 is not what users expect
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_layers(path: str | os.PathLike, layers: dict[str, BQQWeight]) -> None:
@@ -260,13 +201,13 @@ def load_layers(path: str | os.PathLike) -> dict[str, BQQWeight]:
                               f"({size} bytes) or the {MAX_HEADER_BYTES}-byte limit (truncated?)")
         try:
             header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise FormatError(f"{path}: header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise FormatError(f"{path}: header is not a JSON object")
-        layer_fields = _parse_metadata(path, header.pop("__metadata__", None))
+        layouts = _parse_metadata(path, header.pop("__metadata__", None))
         data_len = size - 8 - header_len
-        entries = _check_entries(path, header, layer_fields, data_len)
+        entries = _check_entries(path, header, layouts, data_len)
         arrays = {}
         for key, (dtype_name, shape, start, end) in entries.items():
             handle.seek(8 + header_len + start)
@@ -276,11 +217,11 @@ def load_layers(path: str | os.PathLike) -> dict[str, BQQWeight]:
             arrays[key] = torch.from_numpy(
                 np.frombuffer(blob, dtype=_ST_DTYPES[dtype_name][1]).reshape(shape).copy())
     layers = {}
-    for name, fields in layer_fields.items():
-        weight = BQQWeight(out_features=fields["M"], in_features=fields["K"],
-                           group_rows=fields["g_r"], group_cols=fields["g_c"], rank=fields["l"],
-                           y_bits=arrays[f"{name}.y_bits"], z_bits=arrays[f"{name}.z_bits"],
-                           scales=arrays[f"{name}.scales"], bias=arrays.get(f"{name}.bias"))
+    for name, layout in layouts.items():
+        weight = BQQWeight(layout.out_features, layout.in_features, layout.group_rows,
+                           layout.group_cols, layout.rank, y_bits=arrays[f"{name}.y_bits"],
+                           z_bits=arrays[f"{name}.z_bits"], scales=arrays[f"{name}.scales"],
+                           bias=arrays.get(f"{name}.bias"))
         try:
             layers[name] = weight.validate(name)
         except FormatError as exc:
@@ -288,7 +229,7 @@ def load_layers(path: str | os.PathLike) -> dict[str, BQQWeight]:
     return layers
 
 
-def _parse_metadata(path: Path, meta) -> dict[str, dict]:
+def _parse_metadata(path: Path, meta) -> dict[str, Layout]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not a BQQ file (__metadata__.format != {FORMAT_NAME!r})")
     version = meta.get("format_version")
@@ -299,18 +240,14 @@ def _parse_metadata(path: Path, meta) -> dict[str, dict]:
         raise FormatError(f"{path}: __metadata__.layers must be a JSON string")
     try:
         layer_fields = json.loads(meta["layers"])
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"{path}: __metadata__.layers is not valid JSON ({exc})") from None
     if not isinstance(layer_fields, dict) or not layer_fields:
         raise FormatError(f"{path}: __metadata__.layers lists no layers")
-    for name, fields in layer_fields.items():
-        if not isinstance(fields, dict):
-            raise FormatError(f"{path}: layer {name}: fields are not an object")
-        try:
-            check_fields(fields, name)
-        except FormatError as exc:
-            raise FormatError(f"{path}: {exc}") from None
-    return layer_fields
+    try:
+        return {name: Layout.checked(fields, name) for name, fields in layer_fields.items()}
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
 
 
 def _json_int(value) -> int:
@@ -320,10 +257,12 @@ def _json_int(value) -> int:
     return value
 
 
-def _check_entries(path: Path, header: dict, layer_fields: dict, data_len: int) -> dict:
+def _check_entries(path: Path, header: dict, layouts: dict[str, Layout], data_len: int) -> dict:
+    """Header entries checked against the layouts; the tensors must tile the data section
+    exactly (no gap, no overlap, no trailing bytes), as safetensors itself requires."""
     expected: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for name, fields in layer_fields.items():
-        for key, shape in expected_shapes(fields).items():
+    for name, layout in layouts.items():
+        for key, shape in layout.shapes().items():
             expected[f"{name}.{key}"] = (_ST_NAMES[TENSOR_DTYPES[key]], shape)
     entries = {}
     for key, entry in header.items():
@@ -347,7 +286,7 @@ def _check_entries(path: Path, header: dict, layer_fields: dict, data_len: int) 
             raise FormatError(f"{path}: tensor {key}: {end - start} bytes for shape "
                               f"{list(shape)}, expected {nbytes}")
         entries[key] = (dtype_name, shape, start, end)
-    for name in layer_fields:
+    for name in layouts:
         for key in REQUIRED_TENSORS:
             if f"{name}.{key}" not in entries:
                 raise FormatError(f"{path}: tensor {name}.{key} is missing")
@@ -355,4 +294,12 @@ def _check_entries(path: Path, header: dict, layer_fields: dict, data_len: int) 
     for (_, prev_end, prev_key), (start, _, key) in zip(spans, spans[1:]):
         if start < prev_end:
             raise FormatError(f"{path}: tensors {prev_key} and {key} overlap")
+    position, previous = 0, "the header"
+    for start, end, key in spans:
+        if start != position:
+            raise FormatError(f"{path}: {start - position} unused bytes between {previous} and "
+                              f"tensor {key}")
+        position, previous = end, f"tensor {key}"
+    if position != data_len:
+        raise FormatError(f"{path}: {data_len - position} trailing bytes after the last tensor")
     return entries

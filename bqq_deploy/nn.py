@@ -3,9 +3,7 @@ docs/FORMAT.md section 3; it never builds the dense weight."""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +11,8 @@ from torch import nn
 
 from . import kernels  # loads no library until a CUDA tensor asks for one
 from .format import BQQWeight, unpack_bits
+from .quantize import InputStatistics, quantize_weights
+from .quantize.selection import excluded, too_small
 
 _log = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ class BQQLinear(nn.Module):
 # ---------------------------------------------------------------------------------------
 # whole-model quantisation
 
-_CALIB_ROWS = 4096  # activation rows kept per layer: enough for a K x K Gram at K <= 1-2k
-
 
 @dataclass
 class QuantizationReport:
@@ -124,7 +122,8 @@ class QuantizationReport:
         return "\n".join(lines)
 
 
-def _skip_reason(name: str, module: nn.Linear, parents: dict, config) -> str | None:
+def _structural_skip(name: str, module: nn.Linear, parents: dict) -> str | None:
+    """Why this nn.Linear cannot be swapped for a BQQLinear, or None."""
     parent_name, _, child = name.rpartition(".")
     parent = parents.get(parent_name)
     if isinstance(parent, nn.MultiheadAttention) and child == "out_proj":
@@ -133,29 +132,15 @@ def _skip_reason(name: str, module: nn.Linear, parents: dict, config) -> str | N
         return f"{type(module).__name__} is a subclass of nn.Linear with its own semantics"
     if module.weight.numel() == 0:
         return "empty weight"
-    g_r, g_c = config.group_shape
-    # Bits per weight once padded to whole blocks: at 16 or more BQQ saves nothing.
-    packed_bits = config.bits * (math.ceil(module.in_features / g_c) * math.ceil(module.out_features / g_r)
-                                 * (32 * ((config.rank + 31) // 32) * (g_r + g_c) + 64))
-    if packed_bits >= 16 * module.weight.numel():
-        return (f"too small for group {g_r}x{g_c}: {packed_bits / module.weight.numel():.1f} bits "
-                "per weight after padding, not less than fp16")
     return None
 
 
-def _matches(name: str, patterns: list[str] | None) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns or [])
-
-
-def _capture_inputs(model: nn.Module, names: list[str], calib_inputs) -> dict[str, torch.Tensor]:
-    """Each named Linear's input rows [N, K] for the given model inputs (forward hooks)."""
+def _capture_inputs(model: nn.Module, names: list[str], calib_inputs) -> dict[str, InputStatistics]:
+    """Statistics of each named Linear's inputs for the given model inputs (forward hooks)."""
     modules = dict(model.named_modules())
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    handles = []
-    for name in names:
-        def hook(_module, args, _output, name=name):
-            captured[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
-        handles.append(modules[name].register_forward_hook(hook))
+    stats = {name: InputStatistics(modules[name].in_features) for name in names}
+    handles = [modules[name].register_forward_hook(
+        lambda _module, args, _output, name=name: stats[name].add(args[0])) for name in names]
     inputs = calib_inputs if isinstance(calib_inputs, tuple) else (calib_inputs,)
     try:
         with torch.no_grad():
@@ -163,15 +148,7 @@ def _capture_inputs(model: nn.Module, names: list[str], calib_inputs) -> dict[st
     finally:
         for handle in handles:
             handle.remove()
-    out = {}
-    for name, chunks in captured.items():
-        if not chunks:
-            continue
-        rows = torch.cat(chunks)
-        if len(rows) > _CALIB_ROWS:  # evenly spaced rows: deterministic, covers all inputs
-            rows = rows[torch.linspace(0, len(rows) - 1, _CALIB_ROWS).long()]
-        out[name] = rows
-    return out
+    return {name: s for name, s in stats.items() if s.rows}
 
 
 def quantize_model(model: nn.Module, config, *, include: list[str] | None = None,
@@ -185,8 +162,6 @@ def quantize_model(model: nn.Module, config, *, include: list[str] | None = None
     input activations are captured with forward hooks and used for output-aware scale
     refit and bias correction (see quantize.quantize_weights).
     """
-    from .quantize import quantize_weights
-
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("quantize_model needs an eager nn.Module; a TorchScript module cannot "
                         "have submodules replaced (load the eager model, e.g. "
@@ -197,11 +172,10 @@ def quantize_model(model: nn.Module, config, *, include: list[str] | None = None
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
-        if include is not None and not _matches(name, include):
+        if excluded([name], include, exclude or ()):
             continue
-        if _matches(name, exclude):
-            continue
-        reason = _skip_reason(name, module, parents, config)
+        reason = (_structural_skip(name, module, parents)
+                  or too_small(module.out_features, module.in_features, config))
         row = {"name": name, "shape": [module.out_features, module.in_features], "mse": None,
                "bits_per_weight": None, "bytes": None, "fp16_bytes": 2 * module.weight.numel(),
                "seconds": None, "skipped": reason}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bqq_deploy.datasets import DIGITS_TEST_FRACTION, digits_split
-from bqq_deploy.format import atomic_write_bytes
+from bqq_deploy.atomic import atomic_write_bytes
 from bqq_deploy.models import MODEL_CONFIGS, build_model
 
 DEFAULTS = {  # per model: epochs, peak learning rate

@@ -14,7 +14,7 @@ from bqq_deploy import runtime
 from bqq_deploy.cli import validate as cli
 from bqq_deploy.config import BQQConfig
 from bqq_deploy.export import load_model
-from bqq_deploy.export.pipeline import export_bundle
+from bqq_deploy.export import ExportOptions, export_bundle
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,9 @@ def bundle(tmp_path_factory):
     model = root / "mlp.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
     out = root / "bundle"
-    export_bundle(load_model(model), out, config=BQQConfig(bits=2, group_size=16, steps=0),
-                  target="trt", build_on_device=True, progress=False, bench_iters=1)
+    export_bundle(load_model(model), out, ExportOptions(
+        config=BQQConfig(bits=2, group_size=16, steps=0), target="trt", build_on_device=True,
+        progress=False, bench_iters=1))
     return model, out
 
 

@@ -21,10 +21,12 @@ from onnx import TensorProto, helper, numpy_helper
 from bqq_deploy.config import BQQConfig
 from bqq_deploy.export import load_model
 from bqq_deploy.export import surgery
-from bqq_deploy.export.function import (DOMAIN, INT_ATTRIBUTES, OP_TYPE, bqq_matmul_function,
-                                        int8_bits, node_attributes)
-from bqq_deploy.export.loaders import SourceModel, InputSpec, sample_inputs
+from bqq_deploy.export import ExportOptions
+from bqq_deploy.export.contract import DOMAIN, INT_ATTRIBUTES, OP_TYPE
+from bqq_deploy.export.function import bqq_matmul_function, node_attributes
+from bqq_deploy.export.loaders import SourceModel
 from bqq_deploy.export.pipeline import export_bundle, fp32_onnx
+from bqq_deploy.specs import TensorSpec, sample_inputs
 from bqq_deploy.export.torch_map import bqq_torch_model, match_parameters
 from bqq_deploy.format import unpack_bits
 from bqq_deploy.models import DigitsViT
@@ -77,15 +79,6 @@ def prepared(source: SourceModel):
 # the node contract
 
 
-def test_int8_bits_are_the_little_endian_bytes_of_the_words(make_weight):
-    w = make_weight(20, 40, 8, 8, 40, 2)  # rank 40: two words per row, the last one partial
-    as_int8 = int8_bits(w.y_bits.numpy())
-    assert as_int8.dtype == np.int8 and as_int8.shape == (*w.y_bits.shape[:-1], 8)
-    # bit q of a row is bit q % 8 of byte q // 8
-    bits = np.unpackbits(as_int8.view(np.uint8), axis=-1, bitorder="little")[..., :40]
-    np.testing.assert_array_equal(bits, unpack_bits(w.y_bits, 40).numpy())
-
-
 @pytest.mark.parametrize("shape", [(70, 100, 32, 16, 24, 2), (10, 64, 64, 64, 40, 3),
                                    (33, 17, 8, 16, 5, 1)])
 def test_function_matches_reference_forward(make_weight, shape):
@@ -93,8 +86,8 @@ def test_function_matches_reference_forward(make_weight, shape):
     w = make_weight(M, K, g_r, g_c, rank, p)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, K])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, M])
-    inits = [numpy_helper.from_array(int8_bits(w.y_bits.numpy()), "yb"),
-             numpy_helper.from_array(int8_bits(w.z_bits.numpy()), "zb"),
+    inits = [numpy_helper.from_array(w.y_bits.numpy(), "yb"),
+             numpy_helper.from_array(w.z_bits.numpy(), "zb"),
              numpy_helper.from_array(w.scales.numpy(), "sc"),
              numpy_helper.from_array(w.bias.numpy(), "b")]
     node = helper.make_node(OP_TYPE, ["x", "yb", "zb", "sc", "b"], ["y"], domain=DOMAIN,
@@ -147,7 +140,7 @@ def transformer_encoder(seed: int) -> torch.nn.TransformerEncoder:
 
 def test_transformer_encoder_mha_and_ffn_are_quantised(make_weight):
     source = SourceModel(path=None, kind="pickle", module=transformer_encoder(0),
-                         inputs=[InputSpec("src", ("batch", 5, 32))], output_names=["out"])
+                         inputs=[TensorSpec("src", ("batch", 5, 32))], output_names=["out"])
     fp32, candidates, matches = prepared(source)
     layers = sorted(c.layer for c in candidates)
     expected = sorted(f"layers.{i}.{n}" for i in range(2) for n in (
@@ -199,9 +192,10 @@ def test_tensorrt_forms_carry_plugin_nodes_only(tmp_path, make_weight):
                        if a.name in INT_ATTRIBUTES)
             yb, zb, sc = (inits[name] for name in node.input[1:4])
             assert yb.name == f"{cand.layer}.bqq.y_bits" and zb.name == f"{cand.layer}.bqq.z_bits"
-            assert yb.data_type == zb.data_type == TensorProto.INT8
-            np.testing.assert_array_equal(numpy_helper.to_array(yb), int8_bits(w.y_bits.numpy()))
-            assert list(yb.dims) == [2, *w.grid, 16, 4] and list(zb.dims) == [2, *w.grid, 16, 4]
+            # The packed words as they are (INT32 [..., L]), per the contract.
+            assert yb.data_type == zb.data_type == TensorProto.INT32
+            np.testing.assert_array_equal(numpy_helper.to_array(yb), w.y_bits.numpy())
+            assert list(yb.dims) == [2, *w.grid, 16, 1] and list(zb.dims) == [2, *w.grid, 16, 1]
             assert sc.data_type == TensorProto.FLOAT16 and list(sc.dims) == [2, *w.grid, 4]
             assert len(node.input) == 5  # every layer of the ViT has a bias
     float_types = {TensorProto.FLOAT, TensorProto.FLOAT16}
@@ -263,10 +257,10 @@ def test_onnx_file_path_needs_no_torch_model(tmp_path):
     linear_onnx(path)
     source = load_model(path)
     assert source.kind == "onnx" and source.module is None
-    assert source.inputs == [InputSpec("x", ("n", 48), "float32")]
+    assert source.inputs == [TensorSpec("x", ("n", 48), "float32")]
     out = tmp_path / "bundle"
-    report = export_bundle(source, out, config=BQQConfig(bits=2, group_size=16, steps=0),
-                           progress=False, bench_iters=2)
+    report = export_bundle(source, out, ExportOptions(
+        config=BQQConfig(bits=2, group_size=16, steps=0), progress=False, bench_iters=2)).to_dict()
     assert sorted(l["layer"] for l in report["layers"]) == ["w1t", "w2", "w3"]
     assert {l["onnx_node"]: l["bias_node"] for l in report["layers"]} == {
         "fc1": "fc1_bias", "fc2": None, "fc3": None}
@@ -298,9 +292,10 @@ def test_calibration_changes_weights_and_lowers_output_error(tmp_path):
     np.savez(tmp_path / "calib.npz", calib)
     source = load_model(path)
     config = BQQConfig(bits=2, group_size=16, steps=0)
-    plain = export_bundle(source, tmp_path / "plain", config=config, progress=False, bench_iters=0)
-    tuned = export_bundle(source, tmp_path / "tuned", config=config, calib=tmp_path / "calib.npz",
-                          progress=False, bench_iters=0)
+    plain = export_bundle(source, tmp_path / "plain", ExportOptions(
+        config=config, progress=False, bench_iters=0)).to_dict()
+    tuned = export_bundle(source, tmp_path / "tuned", ExportOptions(
+        config=config, calib=tmp_path / "calib.npz", progress=False, bench_iters=0)).to_dict()
     assert tuned["calibration"]["samples"] == 256
     (ref,) = ort_run(model, {"x": calib})
     errors = {}
@@ -335,7 +330,8 @@ def test_a_bias_that_raises_the_rank_is_not_folded(tmp_path):
     (cand,), rejected = surgery.find_candidates(surgery.name_nodes(model))
     assert cand.bias is None and rejected == []
     out = tmp_path / "bundle"
-    export_bundle(load_model(path), out, config=BQQConfig.preset("fast", group_size=16), bench_iters=0)
+    export_bundle(load_model(path), out, ExportOptions(config=BQQConfig.preset("fast", group_size=16),
+                                                       bench_iters=0))
     bqq = onnx.load(str(out / "model.onnx"))
     x = rng.standard_normal((3, 32)).astype(np.float32)
     (y,) = ort_run(bqq, {"x": x})

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bqq_deploy.cli.common import UsageError
-from bqq_deploy.export.loaders import InputSpec, load_model, parse_input_shape, specs_from_shapes
+from bqq_deploy.errors import InputError
+from bqq_deploy.export.loaders import load_model, parse_input_shape, specs_from_shapes
+from bqq_deploy.specs import TensorSpec
 from bqq_deploy.models import DigitsViT
 
 
@@ -27,19 +28,19 @@ def test_parse_input_shape_good(text, expected):
     ("2,3", "expected DIMS"),
 ])
 def test_parse_input_shape_bad(text, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InputError, match=message):
         parse_input_shape(text)
 
 
 def test_specs_from_shapes_names_and_counts():
-    known = [InputSpec("ids", ("batch", 8), "int64"), InputSpec("mask", ("batch", 8), "int64")]
+    known = [TensorSpec("ids", ("batch", 8), "int64"), TensorSpec("mask", ("batch", 8), "int64")]
     assert specs_from_shapes(["2x8", "2x8:int64"], known) == [
-        InputSpec("ids", (2, 8), "float32"), InputSpec("mask", (2, 8), "int64")]
-    with pytest.raises(UsageError, match="no input 'other'"):
+        TensorSpec("ids", (2, 8), "float32"), TensorSpec("mask", (2, 8), "int64")]
+    with pytest.raises(InputError, match="no input 'other'"):
         specs_from_shapes(["other:2x8", "mask:2x8"], known)
-    with pytest.raises(UsageError, match="has 2 inputs"):
+    with pytest.raises(InputError, match="has 2 inputs"):
         specs_from_shapes(["2x8"], known)
-    with pytest.raises(UsageError, match="names for all inputs or for none"):
+    with pytest.raises(InputError, match="names for all inputs or for none"):
         specs_from_shapes(["ids:2x8", "2x8"], known)
 
 
@@ -51,11 +52,11 @@ def _tiny(tmp_path):
 def test_torchscript_without_sidecar_needs_input_shape(tmp_path):
     path = tmp_path / "m.pt"
     torch.jit.script(_tiny(tmp_path)).save(str(path))
-    with pytest.raises(UsageError, match="input shapes unknown; pass --input-shape"):
+    with pytest.raises(InputError, match="input shapes unknown; pass --input-shape"):
         load_model(path)
     source = load_model(path, input_shapes=["3x1x8x8"])
-    assert source.kind == "torchscript" and source.inputs == [InputSpec("input", (3, 1, 8, 8))]
-    with pytest.raises(UsageError, match=r"does not run on input shape input=3x2x8x8"):
+    assert source.kind == "torchscript" and source.inputs == [TensorSpec("input", (3, 1, 8, 8))]
+    with pytest.raises(InputError, match=r"does not run on input shape input=3x2x8x8"):
         load_model(path, input_shapes=["3x2x8x8"])
 
 
@@ -74,7 +75,7 @@ def test_exported_program_keeps_its_dynamic_batch(tmp_path):
 def test_pickled_module_only_with_allow_pickle(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(_tiny(tmp_path), str(path))
-    with pytest.raises(UsageError, match="--allow-pickle.*arbitrary code"):
+    with pytest.raises(InputError, match="--allow-pickle.*arbitrary code"):
         load_model(path, input_shapes=["1x1x8x8"])
     source = load_model(path, input_shapes=["1x1x8x8"], allow_pickle=True)
     assert source.kind == "pickle" and isinstance(source.module, DigitsViT)
@@ -89,10 +90,10 @@ def test_pickled_module_only_with_allow_pickle(tmp_path):
 def test_bad_model_files(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InputError, match=message):
         load_model(path, input_shapes=["1x4"])
 
 
 def test_missing_model_file(tmp_path):
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         load_model(tmp_path / "absent.onnx")

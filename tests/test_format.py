@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bqq_deploy.format import (FormatError, load_layers, pack_bits, save_layers, unpack_bits,
-                               words_per_row)
+from bqq_deploy.errors import FormatError
+from bqq_deploy.format import load_layers, pack_bits, save_layers, unpack_bits
+from bqq_deploy.layout import words_per_row
 
 
 @pytest.mark.parametrize("rank", [1, 7, 31, 32, 33, 48, 64, 95])
@@ -83,6 +84,12 @@ def _nan_scale(header, data):
     return data[:start] + b"\x00\x7e" + data[start + 2:]  # fp16 NaN
 
 
+def _gap_before_last_tensor(header, data):
+    start, end = header["fc.z_bits"]["data_offsets"]  # the last tensor (keys are sorted)
+    header["fc.z_bits"]["data_offsets"] = [start + 4, end + 4]
+    return data[:start] + bytes(4) + data[start:]
+
+
 CORRUPTIONS = {
     "not a bqq file": (lambda h, d: h["__metadata__"].update(format="gguf"), "not a BQQ file"),
     "future version": (lambda h, d: h["__metadata__"].update(format_version="9"), "format_version"),
@@ -104,6 +111,9 @@ CORRUPTIONS = {
     "overlapping spans": (lambda h, d: h["fc.bias"].update(  # bias (160 B) over the scales
         data_offsets=[h["fc.scales"]["data_offsets"][0], h["fc.scales"]["data_offsets"][0] + 160]),
         "overlap"),
+    # Like safetensors itself: the tensors tile the data section exactly.
+    "gap between tensors": (_gap_before_last_tensor, "4 unused bytes between tensor fc.y_bits"),
+    "trailing bytes": (lambda h, d: d + bytes(8), "8 trailing bytes"),
     "padding bits set": (_flip_padding_bit, "bits past rank 20"),
     "nan scale": (_nan_scale, "fc.scales: contains inf or NaN"),
 }

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bqq_deploy import kernels
-from bqq_deploy.format import expected_shapes
+from bqq_deploy.layout import Layout
 from bqq_deploy.nn import reference_matmul
 
 
@@ -58,9 +58,8 @@ def test_cpp_reference_keeps_leading_dims(ref_lib, make_weight):
 
 
 def test_element_counts_follow_format(ref_lib):
-    fields = {"M": 70, "K": 100, "g_r": 32, "g_c": 48, "l": 40, "p": 3}
     layout = kernels._Layout(70, 100, 32, 48, 40, 3)
-    shapes = expected_shapes(fields)
+    shapes = Layout(70, 100, 32, 48, 40, 3).shapes()
     assert ref_lib.bqq_y_bits_words(ctypes.byref(layout)) == torch.Size(shapes["y_bits"]).numel()
     assert ref_lib.bqq_z_bits_words(ctypes.byref(layout)) == torch.Size(shapes["z_bits"]).numel()
     assert ref_lib.bqq_scale_count(ctypes.byref(layout)) == torch.Size(shapes["scales"]).numel()

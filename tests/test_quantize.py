@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from bqq_deploy import BQQConfig, BQQLinear, load_layers, quantize_model, quantize_weight, quantize_weights
-from bqq_deploy import quantize as Q
+from bqq_deploy.quantize import driver
+from bqq_deploy.quantize import solver as Q
 
 # Short solves keep each test at a second or two; quality targets live in bench/.
 FAST = BQQConfig(bits=2, group_size=16, steps=60, flip_rounds=10)
@@ -67,7 +68,7 @@ def test_masking_ignores_padded_entries():
     x2 = x.clone()
     x2[:, 5:, :] = 1e3  # garbage in the padding
     x2[:, :, 6:] = -1e3
-    assert torch.allclose(Q._solve_scales(x2 * Q._mask(u, v), u, v, y, z), s, atol=1e-5)
+    assert torch.allclose(Q._solve_scales(x2 * Q.mask(u, v), u, v, y, z), s, atol=1e-5)
     # The scale solve is the exact least squares on the real entries.
     feats = torch.stack([y @ z, y.sum(-1, keepdim=True).expand(-1, -1, 8),
                          z.sum(-2, keepdim=True).expand(-1, 8, -1), torch.ones(3, 8, 8)], -1)
@@ -87,14 +88,14 @@ def _mean_field_energy(x, u, v, y, z, s):
     square_k = (a * a + 2 * a * b + 2 * a * c) * yk * zk + b * b * yk + c * c * zk + 2 * b * c * yk * zk
     mean = mean_k.sum(-1) + d[..., 0]
     var = (square_k - mean_k ** 2).sum(-1)
-    return (((x - mean) ** 2 + var) * Q._mask(u, v)).sum()
+    return (((x - mean) ** 2 + var) * Q.mask(u, v)).sum()
 
 
 def _padded_relaxed_problem(seed):
     gen = torch.Generator().manual_seed(seed)
     u, v = torch.ones(3, 12), torch.ones(3, 10)
     u[1, 9:], v[2, 7:] = 0, 0
-    x = torch.randn(3, 12, 10, generator=gen, dtype=torch.float64) * Q._mask(u, v).double()
+    x = torch.randn(3, 12, 10, generator=gen, dtype=torch.float64) * Q.mask(u, v).double()
     y = torch.rand(3, 12, 5, generator=gen, dtype=torch.float64) * u[:, :, None].double()
     z = torch.rand(3, 5, 10, generator=gen, dtype=torch.float64) * v[:, None, :].double()
     return x, u.double(), v.double(), y, z
@@ -185,7 +186,7 @@ def test_bit_flips_never_increase_the_error():
     x = torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(9))
     u, v = torch.ones(4, 16), torch.ones(4, 16)
     v[:, 12:] = 0
-    x = x * Q._mask(u, v)
+    x = x * Q.mask(u, v)
     y = (torch.rand(4, 16, 8, generator=torch.Generator().manual_seed(10)) > 0.5).float()
     z = (torch.rand(4, 8, 16, generator=torch.Generator().manual_seed(11)) > 0.5).float()
     s = Q._solve_scales(x, u, v, y, z)
@@ -222,8 +223,8 @@ def test_cache_resume_solves_nothing_the_second_time(tmp_path, monkeypatch):
     files = sorted(tmp_path.glob("*.bqq.safetensors"))
     assert len(files) == 2 and all(load_layers(f) for f in files)
     calls = []
-    real = Q._solve_layers
-    monkeypatch.setattr(Q, "_solve_layers", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = driver._solve_batch
+    monkeypatch.setattr(driver, "_solve_batch", lambda *a, **k: calls.append(a) or real(*a, **k))
     second = quantize_weights(weights, FAST, cache_dir=tmp_path, progress=False)
     assert calls == []
     for name in weights:
@@ -262,22 +263,22 @@ def test_calibration_refit_is_the_exact_output_least_squares():
     gen = torch.Generator().manual_seed(17)
     w = torch.randn(12, 20, generator=gen)
     x = torch.randn(64, 20, generator=gen) * torch.linspace(0.2, 2.0, 20)
-    xb, u, v = Q._tile(w, 8, 8)
+    xb, u, v = Q.tile(w, 8, 8)
     ys = [(torch.rand(len(xb), 8, 4, generator=gen) > 0.5).float() * u[:, :, None] for _ in range(2)]
     zs = [(torch.rand(len(xb), 4, 8, generator=gen) > 0.5).float() * v[:, None, :] for _ in range(2)]
     # Damped as in quantize_weights: H + lam*I, i.e. output error plus lam * weight error.
     lam = 0.01 * float((x * x).sum(0).mean())
     hess = x.T @ x + lam * torch.eye(20)
     scales = Q._calib_refit(w, ys, zs, u, v, hess, (2, 3))
-    w_hat = Q._untile(sum(Q._reconstruct(y, z, s) for y, z, s in zip(ys, zs, scales)), 12, 20)
+    w_hat = Q.untile(sum(Q._reconstruct(y, z, s) for y, z, s in zip(ys, zs, scales)), 12, 20)
     # Reference: generic least squares on vec(X W_hat^T) over every scale of the layer.
-    feats = Q._features(ys, zs) * Q._mask(u, v)[:, None]  # [B, F, 8, 8]
+    feats = Q._features(ys, zs) * Q.mask(u, v)[:, None]  # [B, F, 8, 8]
     cols = []
     for blk in range(len(xb)):
         for f in range(feats.shape[1]):
             only = torch.zeros_like(xb)
             only[blk] = feats[blk, f]
-            dense = Q._untile(only, 12, 20)
+            dense = Q.untile(only, 12, 20)
             cols.append(torch.cat([(x @ dense.T).reshape(-1), lam ** 0.5 * dense.reshape(-1)]))
     design = torch.stack(cols, 1).double()
     target = torch.cat([(x @ w.T).reshape(-1), lam ** 0.5 * w.reshape(-1)]).double()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from bqq_deploy import engine, runtime
+from bqq_deploy import runtime
+from bqq_deploy.errors import EngineError
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -181,9 +182,9 @@ def test_bundle_directory_runs_its_onnx_without_tensorrt(tmp_path, weight):
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown when TensorRT is missing")
 def test_engine_without_tensorrt_says_how_to_get_it(tmp_path):
     (tmp_path / "model.engine").write_bytes(b"x")
-    with pytest.raises(engine.EngineError, match="TensorRT's Python package is not importable"):
+    with pytest.raises(EngineError, match="TensorRT's Python package is not importable"):
         runtime.load(tmp_path / "model.engine")
-    with pytest.raises(engine.EngineError, match="JetPack"):
+    with pytest.raises(EngineError, match="JetPack"):
         runtime.load(tmp_path, backend="tensorrt")
 
 

@@ -6,8 +6,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from .. import engine
-from .common import UsageError, add_verbosity, run
+from .. import trt
+from ..bundle import Bundle
+from ..errors import InputError
+from ..specs import DEFAULT_MAX_BATCH
+from .common import add_verbosity, run
 
 PROG = "bqq-build"
 log = logging.getLogger(PROG)
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "plugin hash, I/O) so the engine is only ever loaded where it was built.")
     parser.add_argument("bundle", type=Path, help="bundle directory written by bqq-export --target trt")
     parser.add_argument("--plugin", type=Path, metavar="PATH",
-                        help=f"{engine.PLUGIN_LIBRARY} (default: ${engine.PLUGIN_ENV}, "
+                        help=f"{trt.PLUGIN_LIBRARY} (default: ${trt.PLUGIN_ENV}, "
                              "BUNDLE/plugin/build/..., <repo>/build/...)")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="fp32 activations (model.trt.onnx)")
     parser.add_argument("--max-batch", type=int, metavar="N",
                         help="largest batch of the optimisation profile (default: the bundle's "
-                             f"engine_build.json, else {engine.DEFAULT_MAX_BATCH})")
+                             f"engine_build.json, else {DEFAULT_MAX_BATCH})")
     parser.add_argument("--workspace-mb", type=int, metavar="MB",
                         help="TensorRT workspace limit (default: the bundle's, else TensorRT's)")
     parser.add_argument("--timing-cache", type=Path, metavar="FILE",
@@ -51,24 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def handle(args: argparse.Namespace) -> int:
     if not args.bundle.is_dir():
-        raise UsageError(f"{args.bundle} is not a bundle directory")
+        raise InputError(f"{args.bundle} is not a bundle directory")
     if args.max_batch is not None and args.max_batch < 1:
-        raise UsageError(f"--max-batch must be >= 1, got {args.max_batch}")
+        raise InputError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.workspace_mb is not None and args.workspace_mb < 1:
-        raise UsageError(f"--workspace-mb must be >= 1, got {args.workspace_mb}")
-    workspace = args.workspace_mb
-    stored = args.bundle / engine.BUILD_CONFIG
-    if workspace is None and stored.is_file():
-        import json
-
-        workspace = json.loads(stored.read_text()).get("workspace_mb")
-    try:
-        manifest = engine.build_engine(args.bundle, plugin_path=args.plugin, precision=args.precision,
-                                       max_batch=args.max_batch, workspace_mb=workspace,
-                                       timing_cache=args.timing_cache, log=log)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    log.info("engine: %s (%s, TensorRT %s, %s sm_%s)", args.bundle / engine.ENGINE,
+        raise InputError(f"--workspace-mb must be >= 1, got {args.workspace_mb}")
+    manifest = trt.build_engine(args.bundle, plugin_path=args.plugin, precision=args.precision,
+                                max_batch=args.max_batch, workspace_mb=args.workspace_mb,
+                                timing_cache=args.timing_cache, log=log)
+    log.info("engine: %s (%s, TensorRT %s, %s sm_%s)", args.bundle / Bundle.ENGINE,
              manifest["precision"], manifest["tensorrt_version"], manifest["gpu"]["name"],
              manifest["gpu"]["compute_capability"].replace(".", ""))
     return 0

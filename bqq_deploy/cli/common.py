@@ -1,5 +1,5 @@
-"""What every bqq-* command shares: one-line errors with exit code 2 for bad input, exit 1
-for a failed check, logging set by --quiet / --verbose."""
+"""What every bqq-* command shares: the library's errors mapped to exit codes (2 bad input,
+1 a failed check) with a one-line message, and logging set by --quiet / --verbose."""
 
 from __future__ import annotations
 
@@ -8,20 +8,7 @@ import logging
 import sys
 from typing import Callable
 
-from ..engine import EngineBuildFailed, EngineError, EngineMismatch
-from ..format import FormatError
-
-EXIT_OK = 0
-EXIT_FAILED_CHECK = 1
-EXIT_BAD_INPUT = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
-
-
-class CheckFailed(Exception):
-    """The job ran but a check (tolerance, compatibility) failed: exit code 1."""
+from ..errors import EXIT_FAILED_CHECK, EXIT_OK, exit_code
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -38,21 +25,21 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 def run(prog: str, handler: Callable[[argparse.Namespace], int | None],
         parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse argv, run handler, map exceptions to exit codes with a one-line message."""
+    """Parse argv, run handler, map the library's errors to exit codes with one line."""
     args = parser.parse_args(argv)
     configure_logging(args)
     try:
         return handler(args) or EXIT_OK
-    except (CheckFailed, EngineMismatch, EngineBuildFailed) as exc:
-        print(f"{prog}: check failed: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED_CHECK
-    except (UsageError, FormatError, EngineError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError) as exc:  # EngineError: TensorRT/GPU/plugin missing
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        kind = "check failed" if code == EXIT_FAILED_CHECK else "error"
+        print(f"{prog}: {kind}: {_one_line(exc)}", file=sys.stderr)
+        return code
 
 
 def _one_line(exc: BaseException) -> str:

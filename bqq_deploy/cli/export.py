@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_verbosity, run
+from ..errors import InputError
+from .common import add_verbosity, run
 
 PROG = "bqq-export"
 log = logging.getLogger(PROG)
@@ -121,50 +122,46 @@ def make_config(args: argparse.Namespace):
         ("seed", args.seed), ("device", args.device)) if value is not None}
     try:
         return BQQConfig.preset(args.quality, **overrides)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
+    except TypeError as exc:
+        raise InputError(str(exc)) from None
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..export import export_bundle, load_model
+    from ..export import ExportOptions, export_bundle, load_model
 
-    if args.build_on_device and args.target != "trt":
-        raise UsageError("--build-on-device only applies to --target trt")
     if args.calib is not None and not args.calib.is_file():
-        raise UsageError(f"{args.calib}: calibration file not found")
-    config = make_config(args)
+        raise InputError(f"{args.calib}: calibration file not found")
+    options = ExportOptions(config=make_config(args), target=args.target, exclude=args.exclude,
+                            calib=args.calib, force=args.force,
+                            build_on_device=args.build_on_device, progress=not args.quiet,
+                            bench_iters=0 if args.no_validate else 50,
+                            cache_dir=None if args.no_cache else args.cache_dir)
     source = load_model(args.model, input_shapes=args.input_shape, allow_pickle=args.allow_pickle)
-    report = export_bundle(source, args.output, config=config, target=args.target,
-                           exclude=args.exclude, calib=args.calib, force=args.force,
-                           build_on_device=args.build_on_device, progress=not args.quiet,
-                           bench_iters=0 if args.no_validate else 50,
-                           allow_pickle=args.allow_pickle,
-                           cache_dir=None if args.no_cache else args.cache_dir)
+    report = export_bundle(source, args.output, options)
     if not args.quiet:
         print(summary(report, args.output))
     return 0
 
 
-def summary(report: dict, out: Path) -> str:
-    """The short table printed at the end of an export."""
-    q = report["sizes"]["quantised_layers"]
-    files = report["sizes"]["files"]
-    rows = [("layers quantised", f"{len(report['layers'])} ({len(report['skipped'])} left in float)"),
+def summary(report, out: Path) -> str:
+    """The short table printed at the end of an export (report: an ExportReport)."""
+    q, files = report.quantised, report.sizes["files"]
+    rows = [("layers quantised", f"{len(report.layers)} ({len(report.skipped)} left in float)"),
             ("bits per weight", f"{q['bits_per_weight']:.3f}"),
             ("quantised bytes vs fp16", f"{q['ratio_vs_fp16']:.4f}x"),
             ("model.onnx", f"{files['model.onnx'] / 2**20:.3f} MiB "
                            f"(fp32 original {files['original fp32 ONNX'] / 2**20:.3f} MiB)")]
-    validation = report.get("validation") or {}
+    validation = report.validation
     for key, label in (("vs_bqq_reference", "ORT vs float W_hat model"),
                        ("vs_original", "ORT vs original")):
         for output in validation.get(key, {}).get("outputs", []):
             top1 = "" if output["top1"] is None else f", top-1 {output['top1']:.3f}"
             rows.append((f"{label} [{output['name']}]",
                          f"max rel {output['max_rel']:.2e}, cosine {output['cosine']:.6f}{top1}"))
-    for name, lat in (report.get("latency") or {}).items():
+    for name, lat in report.latency.items():
         rows.append((f"latency {name}", f"p50 {lat['p50_ms']:.3f} ms (batch {lat['batch_size']})"))
-    if report.get("engine"):
-        rows.append(("tensorrt", report["engine"]["message"]))
+    if report.engine is not None:
+        rows.append(("tensorrt", report.engine.message))
     rows.append(("bundle", f"{out}  (report.md)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

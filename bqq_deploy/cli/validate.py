@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from .. import engine, runtime
-from ..format import atomic_write_bytes
-from .common import CheckFailed, UsageError, add_verbosity, run
+from .. import runtime
+from ..atomic import atomic_write_bytes, atomic_write_json
+from ..bundle import Bundle
+from ..errors import CheckFailed, InputError, exit_code
+from ..specs import sample_inputs
+from .common import add_verbosity, run
 
 PROG = "bqq-validate"
 log = logging.getLogger(PROG)
@@ -77,19 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def handle(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmup < 0 or args.batch < 1 or (args.inputs is None and args.random < 1):
-        raise UsageError("--iters, --batch and --random must be >= 1 and --warmup >= 0")
+        raise InputError("--iters, --batch and --random must be >= 1 and --warmup >= 0")
     if not args.target.exists():
-        raise UsageError(f"{args.target}: no such bundle directory, engine or ONNX file")
+        raise InputError(f"{args.target}: no such bundle directory, engine or ONNX file")
     reference_path = args.reference or _reference_from_report(args.target)
     candidate = _load(args.target, backend=args.backend, plugin_path=args.plugin)
     reference = _load(reference_path)
     inputs = (_read_npz(args.inputs) if args.inputs
               else random_inputs(candidate.input_specs, args.random, args.batch, args.seed))
     tolerances = runtime.Tolerances(args.min_cosine, args.max_rel, args.min_top1)
-    try:
-        result = runtime.validate(reference, candidate, inputs, tolerances)
-    except ValueError as exc:  # feeds that do not fit a model
-        raise UsageError(str(exc)) from exc
+    result = runtime.validate(reference, candidate, inputs, tolerances)
     log.info("timing %s and %s (%d iterations each)", reference.name, candidate.name, args.iters)
     latency = {"reference": runtime.benchmark(reference, inputs[0], warmup=args.warmup, iters=args.iters),
                "candidate": runtime.benchmark(candidate, inputs[0], warmup=args.warmup, iters=args.iters)}
@@ -101,26 +100,20 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _reference_from_report(target: Path) -> Path:
-    report = (target if target.is_dir() else target.parent) / "report.json"
-    if report.is_file():
-        model = json.loads(report.read_text()).get("model")
-        if model and Path(model).is_file():
-            return Path(model)
-    raise UsageError("give --reference MODEL (the original .onnx, .pt or .pt2); the bundle's "
+    report = Bundle(target if target.is_dir() else target.parent).read_report()
+    if report is not None and Path(report.model).is_file():
+        return Path(report.model)
+    raise InputError("give --reference MODEL (the original .onnx, .pt or .pt2); the bundle's "
                      "report.json names no model file that exists here")
 
 
 def _load(path: Path, **kwargs) -> runtime.Backend:
     try:
         return runtime.load(path, **kwargs)
-    except engine.EngineMismatch as exc:
-        raise CheckFailed(str(exc)) from exc
-    except (engine.EngineError, ValueError) as exc:
-        raise UsageError(f"{path}: {exc}") from exc
     except Exception as exc:  # a parser's own error type (ONNX Runtime, torch.jit)
-        if isinstance(exc, (FileNotFoundError, PermissionError)):
+        if exit_code(exc) is not None:
             raise
-        raise UsageError(f"{path}: cannot load: {exc}") from exc
+        raise InputError(f"{path}: cannot load: {exc}") from exc
 
 
 def _read_npz(paths: list[Path]) -> list[dict[str, np.ndarray]]:
@@ -132,39 +125,23 @@ def _read_npz(paths: list[Path]) -> list[dict[str, np.ndarray]]:
         except FileNotFoundError:
             raise
         except (ValueError, OSError) as exc:
-            raise UsageError(f"{path}: not a readable .npz file ({exc})") from exc
+            raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
         if not batches[-1]:
-            raise UsageError(f"{path}: holds no arrays")
+            raise InputError(f"{path}: holds no arrays")
     return batches
 
 
 def random_inputs(specs: list[runtime.TensorSpec], n: int, batch: int, seed: int) -> list[dict]:
-    """n feed dicts for specs: the dynamic first dim becomes batch; floats are N(0, 1),
-    integers 0..9 (give --inputs for token ids and the like)."""
-    rng = np.random.default_rng(seed)
-    shapes = {}
+    """n feed dicts of sample_inputs for specs, the dynamic first dim set to batch. Other
+    dynamic dims are not guessed: give --inputs for those."""
     for spec in specs:
-        shape = []
-        for i, dim in enumerate(spec.shape):
-            if isinstance(dim, (int, np.integer)) and dim > 0:
-                shape.append(int(dim))
-            elif i == 0:
-                shape.append(batch)
-            else:
-                raise UsageError(f"input {spec.name} has dynamic dim {i} ({dim!r}): give --inputs")
         if not spec.shape:
-            raise UsageError(f"input {spec.name} has no known shape: give --inputs")
-        shapes[spec.name] = (tuple(shape), np.dtype(spec.dtype))
-    feeds = []
-    for _ in range(n):
-        feed = {}
-        for name, (shape, dtype) in shapes.items():
-            if np.issubdtype(dtype, np.floating):
-                feed[name] = rng.standard_normal(shape).astype(dtype)
-            else:
-                feed[name] = rng.integers(0, 10, shape).astype(dtype)
-        feeds.append(feed)
-    return feeds
+            raise InputError(f"input {spec.name} has no known shape: give --inputs")
+        dynamic = [i for i, dim in enumerate(spec.shape) if i > 0 and not isinstance(dim, int)]
+        if dynamic:
+            raise InputError(f"input {spec.name} has dynamic dim {dynamic[0]} "
+                             f"({spec.shape[dynamic[0]]!r}): give --inputs")
+    return [sample_inputs(specs, seed + i, batch) for i in range(n)]
 
 
 def write_report(out: Path, result: runtime.ValidationResult, latency: dict, *,
@@ -188,7 +165,7 @@ def write_report(out: Path, result: runtime.ValidationResult, latency: dict, *,
            "", "![latency](latency.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "latency.png", [_plot(latency)])
-    atomic_write_bytes(out / "validation.json", [(json.dumps(data, indent=2) + "\n").encode()])
+    atomic_write_json(out / "validation.json", data)
     atomic_write_bytes(out / "validation.md", ["\n".join(md).encode()])
 
 

@@ -1,6 +1,6 @@
-"""The BQQMatMul node contract (docs/ONNX.md): its attributes, the INT8 view of the packed
-bits, and the model-local ONNX function `bqq::BQQMatMul` written in standard ops so a stock
-ONNX Runtime runs the portable file."""
+"""The BQQMatMul node as the exporter writes it (contract: BQQMatMul_contract.json): its
+attributes, and the model-local ONNX function `bqq::BQQMatMul` written in standard ops so a
+stock ONNX Runtime runs the portable file."""
 
 from __future__ import annotations
 
@@ -8,43 +8,29 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..format import FORMAT_VERSION, BQQWeight
+from ..format import BQQWeight
+from ..layout import FORMAT_VERSION, WORD_BITS
+from . import contract
 
-DOMAIN = "bqq"
-OP_TYPE = "BQQMatMul"
-DOMAIN_VERSION = 1
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "bqq"
-# INT attributes of every BQQMatMul node, in the order the TensorRT plugin lists them.
-INT_ATTRIBUTES = ("out_features", "in_features", "group_rows", "group_cols", "rank", "stacks",
-                  "format_version")
-STRING_ATTRIBUTES = ("plugin_version", "plugin_namespace")
-# Bit b of byte j is set iff (byte & mask[b]) != 0; -128 is 0x80 as a signed INT8, since
-# BitShift only takes unsigned types and INT8 is the dtype the bits travel in.
-_BIT_MASKS = np.array([1, 2, 4, 8, 16, 32, 64, -128], dtype=np.int8)
-
-
-def int8_bits(words) -> np.ndarray:
-    """int32 words [..., L] -> the same little-endian bytes as INT8 [..., 4L] (FORMAT.md s.5)."""
-    array = np.ascontiguousarray(np.asarray(words), dtype="<i4")
-    return array.view(np.int8).reshape(*array.shape[:-1], 4 * array.shape[-1])
+# Bit b of a word is set iff (word & mask[b]) != 0; bit 31 is the sign bit of an INT32.
+_BIT_MASKS = (np.uint32(1) << np.arange(WORD_BITS, dtype=np.uint32)).view(np.int32)
 
 
 def node_attributes(weight: BQQWeight, *, plugin: bool) -> dict:
-    """Attributes of the BQQMatMul node for one layer; plugin=True adds the TensorRT plugin
-    lookup strings (plugin_version, plugin_namespace)."""
-    attrs = {"out_features": weight.out_features, "in_features": weight.in_features,
-             "group_rows": weight.group_rows, "group_cols": weight.group_cols,
-             "rank": weight.rank, "stacks": weight.stacks, "format_version": FORMAT_VERSION}
+    """Attributes of the BQQMatMul node for one layer, in contract order; plugin=True adds
+    the TensorRT plugin lookup strings."""
+    fields = weight.layout.fields
+    attrs = {name: fields[contract.ATTRIBUTE_FIELDS[name]] if name in contract.ATTRIBUTE_FIELDS
+             else FORMAT_VERSION for name in contract.INT_ATTRIBUTES}
     if plugin:
-        attrs.update(plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+        attrs.update(contract.LOOKUP_ATTRIBUTES)
     return attrs
 
 
 def bqq_matmul_function(opset: int) -> onnx.FunctionProto:
     """FunctionProto for bqq::BQQMatMul(X, y_bits, z_bits, scales, bias) -> Y.
 
-    The body rebuilds W_hat [M, K] from the INT8 bits and fp16 scales (FORMAT.md s.1) and
+    The body rebuilds W_hat [M, K] from the INT32 bit words and fp16 scales (FORMAT.md s.1) and
     computes X W_hat^T + bias in the dtype of X. Every input of the body is an initializer,
     so ONNX Runtime folds the decode into a constant when it loads the file. The bits of
     the last word past `rank` are zero by contract, so the body needs no slicing to rank;
@@ -54,16 +40,16 @@ def bqq_matmul_function(opset: int) -> onnx.FunctionProto:
         "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
     nodes = [
         make("Constant", [], ["masks"], value=helper.make_tensor(
-            "masks", TensorProto.INT8, [8], _BIT_MASKS.tolist())),
-        make("Constant", [], ["zero8"], value=helper.make_tensor("zero8", TensorProto.INT8, [], [0])),
+            "masks", TensorProto.INT32, [WORD_BITS], _BIT_MASKS.tolist())),
+        make("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.INT32, [], [0])),
         i64("ax_last", [-1]), i64("ax_first", [0]), i64("zero1", [0]), i64("four", [4]),
         i64("minus2", [-2]), i64("minus1", [-1]),
     ]
-    for src in ("y", "z"):  # [p, R, C, g, 4L] INT8 -> [p, R, C, g, 32L] float {0, 1}
+    for src in ("y", "z"):  # [p, R, C, g, L] INT32 -> [p, R, C, g, 32L] float {0, 1}
         nodes += [
             make("Unsqueeze", [f"{src}_bits", "ax_last"], [f"{src}_u"]),
             make("BitwiseAnd", [f"{src}_u", "masks"], [f"{src}_and"]),
-            make("Equal", [f"{src}_and", "zero8"], [f"{src}_zero"]),
+            make("Equal", [f"{src}_and", "zero"], [f"{src}_zero"]),
             make("Not", [f"{src}_zero"], [f"{src}_set"]),
             make("Cast", [f"{src}_set"], [f"{src}_f"], to=TensorProto.FLOAT),
             make("Shape", [f"{src}_bits"], [f"{src}_shape"], end=4),
@@ -102,8 +88,8 @@ def bqq_matmul_function(opset: int) -> onnx.FunctionProto:
         make("Add", ["xw", "bias"], ["Y"]),
     ]
     return helper.make_function(
-        DOMAIN, OP_TYPE, inputs=["X", "y_bits", "z_bits", "scales", "bias"], outputs=["Y"],
+        contract.DOMAIN, contract.OP_TYPE, inputs=list(contract.INPUTS), outputs=["Y"],
         nodes=nodes, opset_imports=[helper.make_opsetid("", opset)],
-        attributes=list(INT_ATTRIBUTES),
+        attributes=list(contract.INT_ATTRIBUTES),
         doc_string="Y = X W_hat^T + bias, W_hat decoded from BQQ packed bits "
                    "(docs/FORMAT.md, docs/ONNX.md). Reference body for ONNX Runtime.")

@@ -10,8 +10,9 @@ import onnx
 import torch
 from onnx import version_converter
 
-from ..cli.common import UsageError
-from .loaders import SourceModel, sample_inputs
+from ..errors import InputError
+from ..specs import sample_inputs
+from .loaders import SourceModel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def torch_to_onnx(source: SourceModel, opset: int = OPSET) -> onnx.ModelProto:
                                   dynamic_axes=dynamic, do_constant_folding=True)
                 model = onnx.load_from_string(buffer.getvalue())
         except Exception as exc:
-            raise UsageError(f"{source.path}: torch.onnx.export failed "
+            raise InputError(f"{source.path}: torch.onnx.export failed "
                              f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
     for warning in caught:
         log.debug("torch.onnx: %s", str(warning.message).splitlines()[0])
@@ -61,5 +62,5 @@ def ensure_opset(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
     try:
         return version_converter.convert_version(model, opset)
     except Exception as exc:
-        raise UsageError(f"cannot convert the ONNX model from opset {current} to {opset} "
+        raise InputError(f"cannot convert the ONNX model from opset {current} to {opset} "
                          f"({str(exc).strip().splitlines()[0]})") from None

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..format import BQQWeight
-from .function import (DOMAIN, DOMAIN_VERSION, OP_TYPE, bqq_matmul_function, int8_bits,
-                       node_attributes)
+from ..quantize import InputStatistics
+from . import contract
+from .function import bqq_matmul_function, node_attributes
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +163,10 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
 
 
 def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
-                   feeds_list: list[dict]) -> dict[str, np.ndarray]:
-    """Each candidate's input activations [N, K] over feeds_list, by running the fp32 model
-    in ONNX Runtime with those tensors added as graph outputs. Keyed by candidate.layer."""
+                   feeds_list: list[dict]) -> dict[str, InputStatistics]:
+    """Statistics of each candidate's input activations over feeds_list, by running the fp32
+    model in ONNX Runtime with those tensors added as graph outputs. Keyed by candidate.layer;
+    layers that read the same tensor share one InputStatistics."""
     import onnxruntime as ort
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -176,11 +179,11 @@ def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    captured: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    stats: dict[str, InputStatistics] = {}
     for feeds in feeds_list:
         for name, value in zip(names, session.run(names, feeds)):
-            captured[name].append(value.reshape(-1, value.shape[-1]))
-    return {c.layer: np.concatenate(captured[c.input]) for c in candidates}
+            stats.setdefault(name, InputStatistics(value.shape[-1])).add(torch.from_numpy(value))
+    return {c.layer: stats[c.input] for c in candidates}
 
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
@@ -204,8 +207,8 @@ def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
         out = out_node.outputs[0]
         prefix = f"{cand.layer}.bqq"
         inputs = [x,
-                  gs.Constant(f"{prefix}.y_bits", int8_bits(weight.y_bits.numpy())),
-                  gs.Constant(f"{prefix}.z_bits", int8_bits(weight.z_bits.numpy())),
+                  gs.Constant(f"{prefix}.y_bits", weight.y_bits.numpy()),
+                  gs.Constant(f"{prefix}.z_bits", weight.z_bits.numpy()),
                   gs.Constant(f"{prefix}.scales", weight.scales.numpy().astype(np.float16))]
         bias = weight.bias.numpy().astype(np.float32) if weight.bias is not None else None
         if bias is None and form == PORTABLE:
@@ -217,15 +220,16 @@ def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
         if out_node is not node:
             out_node.inputs.clear()
             node.outputs.clear()
-        graph.nodes.append(gs.Node(op=OP_TYPE, name=f"{cand.layer}.{OP_TYPE}", domain=DOMAIN,
+        graph.nodes.append(gs.Node(op=contract.OP_TYPE, name=f"{cand.layer}.{contract.OP_TYPE}",
+                                   domain=contract.DOMAIN,
                                    attrs=node_attributes(weight, plugin=form == TENSORRT),
                                    inputs=inputs, outputs=[out]))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     result = gs.export_onnx(graph, do_type_check=False)
     result.ir_version = model.ir_version
     del result.opset_import[:]
-    result.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
-    result.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    result.opset_import.extend(o for o in model.opset_import if o.domain != contract.DOMAIN)
+    result.opset_import.append(helper.make_opsetid(contract.DOMAIN, contract.DOMAIN_VERSION))
     del result.functions[:]
     result.functions.extend(model.functions)
     if form == PORTABLE:

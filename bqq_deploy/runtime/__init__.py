@@ -1,8 +1,10 @@
 """Run and check an exported model: `load` a back end (TensorRT, ONNX Runtime or PyTorch),
 `validate` it against a reference model, `benchmark` its latency. See docs/RUNTIME.md."""
 
-from .backends import Backend, TensorSpec, load
+from ..specs import TensorSpec
+from .base import Backend
 from .benchmark import LatencyResult, benchmark
+from .loading import load
 from .validation import OutputMetrics, Tolerances, ValidationResult, validate
 
 __all__ = ["Backend", "LatencyResult", "OutputMetrics", "TensorSpec", "Tolerances",

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends import Backend
+from ..errors import InputError
+from .base import Backend
 
 
 @dataclass
@@ -59,7 +60,7 @@ def benchmark(backend: Backend, feeds: dict[str, np.ndarray], *, warmup: int = 1
               iters: int = 100) -> LatencyResult:
     """Time backend.execute on feeds: warmup untimed runs, then iters timed ones."""
     if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got {iters}, {warmup}")
+        raise InputError(f"need iters >= 1 and warmup >= 0, got {iters}, {warmup}")
     first = next(iter(feeds.values()), None)
     batch = int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
     gpu = backend.device == "cuda" and _torch_cuda()

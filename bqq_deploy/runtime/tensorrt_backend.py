@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import engine as engine_mod
-from .backends import Backend, TensorSpec
+from ..bundle import Bundle
+from ..errors import EngineError, InputError
+from ..specs import TensorSpec
+from ..trt.manifest import check_manifest, current_device
+from ..trt.plugin import (explain_plugin_error, find_plugin_library, import_tensorrt,
+                          load_plugin_library, make_trt_logger)
+from .base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -23,22 +28,22 @@ class TensorRTBackend(Backend):
     def __init__(self, path: Path, *, plugin_path=None):
         import torch
 
-        trt = engine_mod.import_tensorrt()
+        trt = import_tensorrt()
         self.torch, self.trt, self.path = torch, trt, Path(path)
-        self.plugin = engine_mod.find_plugin_library(plugin_path, bundle_dir=self.path.parent)
-        manifest = engine_mod.read_manifest(self.path)
+        self.plugin = find_plugin_library(plugin_path, bundle_dir=self.path.parent)
+        manifest = Bundle(self.path.parent).read_manifest()
         if manifest is None:
             logger.warning("%s has no %s beside it: TensorRT version, GPU and plugin are not "
-                           "checked before loading", self.path, engine_mod.MANIFEST)
+                           "checked before loading", self.path, Bundle.MANIFEST)
         else:
-            engine_mod.check_manifest(manifest, plugin_path=self.plugin)
-        self.compute_capability = engine_mod.current_device()["compute_capability"]
-        self.trt_logger = engine_mod.make_trt_logger(trt)
-        engine_mod.load_plugin_library(trt, self.plugin, self.trt_logger)
+            check_manifest(manifest, plugin_path=self.plugin)
+        self.compute_capability = current_device()["compute_capability"]
+        self.trt_logger = make_trt_logger(trt)
+        load_plugin_library(trt, self.plugin, self.trt_logger)
         self.runtime = trt.Runtime(self.trt_logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise engine_mod.EngineError(f"TensorRT could not deserialise {self.path}: "
+            raise EngineError(f"TensorRT could not deserialise {self.path}: "
                                          + self._errors())
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
@@ -51,7 +56,7 @@ class TensorRTBackend(Backend):
         self.name = f"tensorrt:{self.path.name}"
 
     def _errors(self) -> str:
-        return engine_mod.explain_plugin_error(self.trt_logger.errors(), self.compute_capability)
+        return explain_plugin_error(self.trt_logger.errors(), self.compute_capability)
 
     def prepare(self, feeds):
         torch = self.torch
@@ -61,13 +66,13 @@ class TensorRTBackend(Backend):
             array = bound[spec.name].astype(spec.dtype, copy=False)
             tensor = torch.from_numpy(np.ascontiguousarray(array)).cuda()
             if not self.context.set_input_shape(spec.name, tuple(tensor.shape)):
-                raise ValueError(f"input {spec.name}: shape {tuple(tensor.shape)} is outside the "
+                raise InputError(f"input {spec.name}: shape {tuple(tensor.shape)} is outside the "
                                  "engine's optimisation profile (see manifest.json inputs)")
             buffers[spec.name] = tensor
         for name in self._outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise engine_mod.EngineError(f"output {name} has a data-dependent shape {shape}")
+                raise EngineError(f"output {name} has a data-dependent shape {shape}")
             dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
             buffers[name] = torch.empty(shape, dtype=_torch_dtype(torch, dtype), device="cuda")
         for name, tensor in buffers.items():
@@ -79,7 +84,7 @@ class TensorRTBackend(Backend):
         # Runs on the current torch stream so that benchmark's CUDA events time it.
         stream = self.torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise engine_mod.EngineError(f"TensorRT enqueue failed: {self._errors()}")
+            raise EngineError(f"TensorRT enqueue failed: {self._errors()}")
         return buffers
 
     def run(self, feeds):
@@ -88,7 +93,7 @@ class TensorRTBackend(Backend):
             buffers = self.execute(self.prepare(feeds))
         self.stream.synchronize()
         if self.trt_logger.lines:
-            raise engine_mod.EngineError(f"TensorRT reported: {self._errors()}")
+            raise EngineError(f"TensorRT reported: {self._errors()}")
         return self.fetch(buffers)
 
     def fetch(self, buffers):

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .backends import Backend
+from ..errors import InputError
+from .base import Backend
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def validate(reference: Backend, candidate: Backend, inputs: list[dict[str, np.n
     (logits=True) or for none (logits=False).
     """
     if not inputs:
-        raise ValueError("validate needs at least one input batch")
+        raise InputError("validate needs at least one input batch")
     tolerances = tolerances or Tolerances()
     ref_runs = [reference.run(feeds) for feeds in inputs]
     cand_runs = [candidate.run(feeds) for feeds in inputs]

@@ -1,8 +1,9 @@
-"""The BQQ solver: block tiling, greedy stacks, the annealed mean-field descent of the paper,
-an SVD-sign warm start, exact discrete improvement, joint scale refinement and output-aware
-calibration. Public entry points: quantize_weight and quantize_weights.
+"""The BQQ solver's mathematics, batched over blocks: block tiling, the exact 4x4 scale solve,
+the annealed mean-field descent of the paper from an SVD-sign warm start, exact greedy bit
+flips, greedy stacks with a joint scale refit, and the output-aware (calibrated) scale refit.
+No I/O, threads, caching or progress here: bqq_deploy.quantize.driver runs these on layers.
 
-Conventions inside the solver (all batched over blocks, B = blocks of one or more layers):
+Conventions (B = blocks of one or more layers):
   x  [B, g_r, g_c]  target block (residual of earlier stacks), zero on padded entries
   u  [B, g_r], v [B, g_c]  1 on real rows / columns, 0 on padding; the entry mask is u v^T,
                     so padding never counts in any error, Gram matrix or gradient
@@ -12,23 +13,18 @@ Conventions inside the solver (all batched over blocks, B = blocks of one or mor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import sys
-import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
-from .config import BQQConfig
-from .format import BQQWeight, FormatError, load_layers, pack_bits, save_layers
+from ..config import BQQConfig
 
 # ---------------------------------------------------------------------------------------
 # block tiling
 
 
-def _tile(weight: torch.Tensor, g_r: int, g_c: int):
+def tile(weight: torch.Tensor, g_r: int, g_c: int):
     """[M, K] -> blocks [R*C, g_r, g_c] (zero padded) and the row / column masks u, v."""
     rows, cols = weight.shape
     n_rb, n_cb = math.ceil(rows / g_r), math.ceil(cols / g_c)
@@ -41,15 +37,15 @@ def _tile(weight: torch.Tensor, g_r: int, g_c: int):
     return blocks.contiguous(), u.contiguous(), v.contiguous()
 
 
-def _untile(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Inverse of _tile: [R*C, g_r, g_c] -> [M, K]."""
+def untile(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of tile: [R*C, g_r, g_c] -> [M, K]."""
     _, g_r, g_c = blocks.shape
     n_rb, n_cb = math.ceil(rows / g_r), math.ceil(cols / g_c)
     dense = blocks.reshape(n_rb, n_cb, g_r, g_c).permute(0, 2, 1, 3).reshape(n_rb * g_r, n_cb * g_c)
     return dense[:rows, :cols]
 
 
-def _mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def mask(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return u[:, :, None] * v[:, None, :]
 
 
@@ -148,7 +144,7 @@ def _solve_spd_fast(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 def _solve_scales(x, u, v, y, z):
     """Exact scales of binary y, z (any values on padding: masked here)."""
-    return _solve_spd(*_scale_system(x * _mask(u, v), u, v, y * u[:, :, None], z * v[:, None, :]))
+    return _solve_spd(*_scale_system(x * mask(u, v), u, v, y * u[:, :, None], z * v[:, None, :]))
 
 
 def _reconstruct(y, z, s):
@@ -157,7 +153,7 @@ def _reconstruct(y, z, s):
 
 
 def _block_sse(x, u, v, y, z, s):
-    return (((_reconstruct(y, z, s) - x) ** 2) * _mask(u, v)).sum((1, 2))
+    return (((_reconstruct(y, z, s) - x) ** 2) * mask(u, v)).sum((1, 2))
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,7 +162,7 @@ def _block_sse(x, u, v, y, z, s):
 
 def _svd_sign_init(x, u, v, rank: int, gen: torch.Generator):
     """Y = [U > 0], Z = [V^T > 0] of the rank-l truncated SVD of the (masked) block."""
-    xm = x * _mask(u, v)
+    xm = x * mask(u, v)
     left, _, right_t = torch.linalg.svd(xm, full_matrices=False)
     k = min(rank, left.shape[-1])
     y = (left[..., :k] > 0).to(x.dtype)
@@ -203,7 +199,7 @@ def _anneal(x, u, v, y, z, steps: int, cfg: BQQConfig, t_start: float, t_end: fl
     zeta = cfg.zeta
     u3, v3 = u[:, :, None], v[:, None, :]
     padded = not bool((u > 0).all() and (v > 0).all())
-    m = _mask(u, v) if padded else None
+    m = mask(u, v) if padded else None
     # The paper starts with a small velocity towards 0.5.
     y_prev = ((y - eta * (y - 0.5)) * u3).contiguous()
     z_prev = ((z - eta * (z - 0.5)) * v3).contiguous()
@@ -293,7 +289,7 @@ def _flip_improve(x, u, v, y, z, s, rounds: int):
     likewise for columns of Z. Alternates Y, Z and an exact scale refit until no flip
     helps or `rounds` is spent. Returns (y, z, s, rounds used).
     """
-    m = _mask(u, v)
+    m = mask(u, v)
     nu, nv = u.sum(-1), v.sum(-1)
     used = 0
     for used in range(1, rounds + 1):
@@ -336,7 +332,7 @@ def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
     # divides by the range (max - min); the warm-start path divides by warm_norm x the RMS,
     # the same for a Gaussian block (64x64: range ~ 7.5 sigma) but not shrunk by outliers,
     # which left heavy-tailed blocks' bulk tiny and effectively over-heated.
-    m = _mask(u, v)
+    m = mask(u, v)
     if cfg.init == "svd":
         rms = ((x * x * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)).sqrt()
         rng = cfg.warm_norm * rms
@@ -397,7 +393,7 @@ def _scales_from_joint(sol: torch.Tensor, stacks: int) -> torch.Tensor:
 
 def _joint_refit(x, u, v, ys, zs) -> torch.Tensor:
     """Least-squares re-solve of all stacks' scales together (3p+1 unknowns per block)."""
-    feats = _features(ys, zs) * _mask(u, v)[:, None]
+    feats = _features(ys, zs) * mask(u, v)[:, None]
     flat = feats.flatten(2)
     gram = flat @ flat.transpose(1, 2)
     rhs = (flat * x.flatten(1)[:, None, :]).sum(-1)
@@ -411,7 +407,7 @@ def _refit_d_after_rounding(x, u, v, ys, zs, scales16: torch.Tensor) -> torch.Te
     no_d = scales.clone()
     no_d[..., 3] = 0
     approx = sum(_reconstruct(y, z, s) for y, z, s in zip(ys, zs, no_d))
-    m = _mask(u, v)
+    m = mask(u, v)
     d = ((x - approx) * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
     out = no_d
     out[0, :, 3] = d
@@ -430,7 +426,7 @@ def _calib_refit(weight, ys, zs, u, v, hessian, grid):
     n_feat = 3 * len(ys) + 1
     # float64: the normal equations square the conditioning of the output-space problem.
     hessian, weight = hessian.double(), weight.double()
-    feats = (_features(ys, zs) * _mask(u, v)[:, None]).double()  # [R*C, F, g_r, g_c]
+    feats = (_features(ys, zs) * mask(u, v)[:, None]).double()  # [R*C, F, g_r, g_c]
     feats = feats.reshape(n_rb, n_cb, n_feat, g_r, g_c)
     k_pad = n_cb * g_c
     h = torch.zeros(k_pad, k_pad, dtype=hessian.dtype, device=hessian.device)
@@ -450,263 +446,100 @@ def _calib_refit(weight, ys, zs, u, v, hessian, grid):
     return _scales_from_joint(torch.cat(sols), len(ys)).float()
 
 
-def _pack(ys, zs, scales16, rows: int, cols: int, cfg: BQQConfig, bias) -> BQQWeight:
-    g_r, g_c = cfg.group_shape
-    n_rb, n_cb = math.ceil(rows / g_r), math.ceil(cols / g_c)
-    y_all = torch.stack(ys).reshape(len(ys), n_rb, n_cb, g_r, cfg.rank)
-    z_all = torch.stack(zs).transpose(-1, -2).reshape(len(zs), n_rb, n_cb, g_c, cfg.rank)
-    return BQQWeight(rows, cols, g_r, g_c, cfg.rank, pack_bits(y_all.cpu()), pack_bits(z_all.cpu()),
-                     scales16.reshape(len(ys), n_rb, n_cb, 4).cpu(),
-                     None if bias is None else bias.detach().float().cpu().clone())
-
-
-def _device(cfg: BQQConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def _check_weight(name: str, weight, bias, calib) -> None:
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.numel() == 0:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"{name}: weight must be a non-empty 2-D tensor [M, K], got {shape}")
-    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
-        raise ValueError(f"{name}: weight must be floating point and finite")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{name}: bias shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-    if calib is not None and (calib.dim() != 2 or calib.shape[1] != weight.shape[1]
-                              or calib.shape[0] == 0):
-        raise ValueError(f"{name}: calibration inputs shape {tuple(calib.shape)}, expected "
-                         f"[N >= 1, {weight.shape[1]}]")
-    if calib is not None and not bool(torch.isfinite(calib).all()):
-        raise ValueError(f"{name}: calibration inputs contain inf or NaN")
-
-
-# Below this many padded weights per batch, CPU solves run on one thread: the per-step
-# tensors are too small to split, and on a loaded machine two threads were measured 10-30x
-# slower than one (spin-waiting for a busy core).
-_SINGLE_THREAD_BELOW = 1 << 20
-
-
-def _solve_layers(weights: dict, cfg: BQQConfig, biases: dict, calib: dict, bar=None) -> dict:
-    """Quantise several layers (same group shape) as one block batch."""
-    g_r, g_c = cfg.group_shape
-    padded = sum(math.ceil(w.shape[0] / g_r) * g_r * math.ceil(w.shape[1] / g_c) * g_c
-                 for w in weights.values())
-    threads = torch.get_num_threads()
-    if _device(cfg).type == "cpu" and padded < _SINGLE_THREAD_BELOW and threads > 1:
-        torch.set_num_threads(1)
-        try:
-            return _solve_layers_on(weights, cfg, biases, calib, bar)
-        finally:
-            torch.set_num_threads(threads)
-    return _solve_layers_on(weights, cfg, biases, calib, bar)
-
-
-def _solve_layers_on(weights: dict, cfg: BQQConfig, biases: dict, calib: dict, bar=None) -> dict:
-    device = _device(cfg)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    g_r, g_c = cfg.group_shape
-    start = time.perf_counter()
-    tiles, spans = [], {}
-    offset = 0
-    for name, w in weights.items():
-        blocks, u, v = _tile(w.detach().to(device, torch.float32), g_r, g_c)
-        tiles.append((blocks, u, v))
-        spans[name] = (offset, offset + len(blocks))
-        offset += len(blocks)
-    x = torch.cat([t[0] for t in tiles])
-    u = torch.cat([t[1] for t in tiles])
-    v = torch.cat([t[2] for t in tiles])
-    m = _mask(u, v)
-    total_weights = sum(w.numel() for w in weights.values())
-    per_step = total_weights / max(cfg.steps, 1)
-    callback = None if bar is None else (lambda n: bar.update(n * per_step))
-    residual = x.clone()
-    ys, zs, ss, stack_stats, residuals = [], [], [], [], []
-    for _ in range(cfg.bits):
-        y, z, s, st = _solve_stack(residual, u, v, cfg, gen, callback)
-        if bar is not None and cfg.steps == 0:
-            bar.update(total_weights)
-        residual = residual - _reconstruct(y, z, s) * m
-        ys.append(y), zs.append(z), ss.append(s), stack_stats.append(st), residuals.append(residual)
-        if bar is not None:
-            bar.set_postfix_str(f"mse={float((residual ** 2).sum() / m.sum()):.4g}", refresh=False)
-    scales = torch.stack(ss)  # [p, B, 4]
-    if cfg.joint_refine:
-        scales = _joint_refit(x, u, v, ys, zs)
-    solve_seconds = time.perf_counter() - start
-    out = {}
-    for name, (lo, hi) in spans.items():
-        w = weights[name].detach().to(device, torch.float32)
-        lys, lzs = [y[lo:hi] for y in ys], [z[lo:hi] for z in zs]
-        lu, lv, lx = u[lo:hi], v[lo:hi], x[lo:hi]
-        lscales = scales[:, lo:hi]
-        info = {}
-        bias = biases.get(name)
-        if name in calib:
-            xc = calib[name].detach().to(device, torch.float32)
-            hess = xc.T @ xc / len(xc)
-            hess += cfg.calib_damp * hess.diagonal().mean().clamp_min(1e-12) * torch.eye(
-                len(hess), device=device)
-            lscales = _calib_refit(w, lys, lzs, lu, lv, hess, (math.ceil(w.shape[0] / g_r),
-                                                              math.ceil(w.shape[1] / g_c)))
-        scales16 = lscales.half()
-        if not bool(torch.isfinite(scales16).all()):
-            raise ValueError(f"{name}: scales exceed the fp16 range (|w| up to "
-                             f"{float(w.abs().max()):.3g}); rescale the layer before quantising")
-        if name not in calib:  # a d refit would undo the output-aware fit
-            refit = _refit_d_after_rounding(lx, lu, lv, lys, lzs, scales16)
-            if _stored_sse(lx, lu, lv, lys, lzs, refit) < _stored_sse(lx, lu, lv, lys, lzs, scales16):
-                scales16 = refit
-        w_hat = _untile(sum(_reconstruct(yy, zz, s) for yy, zz, s in
-                            zip(lys, lzs, scales16.float())), *w.shape)
-        if name in calib and cfg.bias_correction:
-            shift = xc.mean(0) @ (w - w_hat).T
-            bias = shift if bias is None else bias.to(device, torch.float32) + shift
-            info["bias_shift_norm"] = float(shift.norm())
-        packed = _pack(lys, lzs, scales16, *w.shape, cfg, bias)
-        info.update({
-            "mse": float(((w - w_hat) ** 2).mean()),
-            # Weight MSE after each greedy stack (fp32 scales, before any refit).
-            "greedy_mse": [float((_untile(r[lo:hi], *w.shape) ** 2).mean()) for r in residuals],
-            "steps": [st["steps"] for st in stack_stats],
-            "flip_rounds": [st["flip_rounds"] for st in stack_stats],
-            "seconds": solve_seconds * w.numel() / total_weights,
-            "batch_layers": len(weights),
-            "device": str(device),
-            "calibrated": name in calib,
-        })
-        if name in calib:
-            xc_err = xc @ (w - w_hat).T
-            info["calib_output_mse"] = float((xc_err ** 2).mean())
-        packed.info = info
-        out[name] = packed
-    return out
-
-
 def _stored_sse(x, u, v, ys, zs, scales16) -> float:
     approx = sum(_reconstruct(y, z, s) for y, z, s in zip(ys, zs, scales16.float()))
-    return float((((x - approx) ** 2) * _mask(u, v)).sum())
+    return float((((x - approx) ** 2) * mask(u, v)).sum())
+
+
 
 
 # ---------------------------------------------------------------------------------------
-# public API
+# the two entry points of the driver: all stacks of a block batch, then one layer's scales
 
 
-def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tensor | None = None,
-                    calib_inputs: torch.Tensor | None = None, progress: bool = False) -> BQQWeight:
-    """Quantise one weight matrix [M, K] (out x in features) to BQQ.
+@dataclass
+class StackSolution:
+    """Bits and fp32 scales of every block of a batch after the greedy stacks (and the joint
+    scale refit), with what the report shows about the solve."""
 
-    All blocks are solved as one batch on config.device. With calib_inputs [N, K] (this
-    layer's input activations) the scales are refit to minimise the output error
-    |X W^T - X W_hat^T|^2 and, if config.bias_correction, the bias absorbs the mean output
-    shift. weight.info holds "mse" (weight MSE of the stored fp16 values), "seconds",
-    "steps" (annealing steps run per stack) and more.
-    """
-    calib = {} if calib_inputs is None else {"weight": calib_inputs}
-    return quantize_weights({"weight": weight}, config, biases={"weight": bias} if bias is not None else None,
-                            calib=calib or None, progress=progress)["weight"]
+    x: torch.Tensor  # the blocks that were solved
+    u: torch.Tensor
+    v: torch.Tensor
+    ys: list[torch.Tensor]
+    zs: list[torch.Tensor]
+    scales: torch.Tensor  # [p, B, 4]
+    residuals: list[torch.Tensor] = field(repr=False)  # masked residual after each stack
+    steps: list[int] = field(default_factory=list)  # annealing steps run per stack
+    flip_rounds: list[int] = field(default_factory=list)
 
-
-def _cache_key(weight: torch.Tensor, cfg: BQQConfig, bias, calib) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
-    for tensor in (weight, bias, calib):
-        if tensor is None:
-            digest.update(b"none")
-            continue
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:32]
+    def blocks(self, lo: int, hi: int) -> "StackSolution":
+        """The solution of blocks lo..hi (one layer of a batch)."""
+        return StackSolution(self.x[lo:hi], self.u[lo:hi], self.v[lo:hi],
+                             [y[lo:hi] for y in self.ys], [z[lo:hi] for z in self.zs],
+                             self.scales[:, lo:hi], [r[lo:hi] for r in self.residuals],
+                             self.steps, self.flip_rounds)
 
 
-def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
-                     biases: dict[str, torch.Tensor] | None = None,
-                     calib: dict[str, torch.Tensor] | None = None,
-                     cache_dir: str | Path | None = None,
-                     progress: bool = True) -> dict[str, BQQWeight]:
-    """Quantise many layers; blocks of several layers share one solver batch (up to
-    config.batch_weights weights per batch).
-
-    cache_dir: one <key>.bqq.safetensors per layer, key = hash of weight, bias, calibration
-    inputs and config, written atomically after each batch; a rerun (e.g. after an
-    interruption) loads finished layers instead of solving them. The solver statistics of
-    a cached layer are read back from a JSON side file. progress: a tqdm bar on stderr
-    (weights done, ETA, error of the current batch).
-    """
-    biases = dict(biases or {})
-    calib = dict(calib or {})
-    for name, w in weights.items():
-        _check_weight(name, w, biases.get(name), calib.get(name))
-    unknown = (set(biases) | set(calib)) - set(weights)
-    if unknown:
-        raise ValueError(f"biases/calib name layers that are not in weights: {sorted(unknown)}")
-    results: dict[str, BQQWeight] = {}
-    keys = {}
-    todo = []
-    cache = Path(cache_dir) if cache_dir is not None else None
-    for name, w in weights.items():
-        if cache is not None:
-            keys[name] = _cache_key(w, config, biases.get(name), calib.get(name))
-            path = cache / f"{keys[name]}.bqq.safetensors"
-            if path.exists():
-                try:
-                    results[name] = _load_cached(path)
-                    continue
-                except (FormatError, OSError, ValueError, KeyError):
-                    pass  # unreadable cache entry: solve again and overwrite
-        todo.append(name)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(weights[n].numel() * config.bits for n in todo), unit="w",
-                   unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
-    try:
-        for batch in _batches(todo, weights, config):
-            solved = _solve_layers({n: weights[n] for n in batch}, config,
-                                   {n: biases[n] for n in batch if n in biases},
-                                   {n: calib[n] for n in batch if n in calib}, bar)
-            for name, packed in solved.items():
-                packed.info["cache_hit"] = False
-                if cache is not None:
-                    _store_cached(cache / f"{keys[name]}.bqq.safetensors", packed)
-                results[name] = packed
-    finally:
-        if bar is not None:
-            bar.close()
-    return {name: results[name] for name in weights}
+def solve_stacks(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None,
+                 after_stack=None) -> StackSolution:
+    """cfg.bits greedy stacks on blocks x (each fits the residual of the ones before), then,
+    if cfg.joint_refine, one least-squares re-solve of all stacks' scales together.
+    callback(n): n annealing steps done; after_stack(residual): a stack is finished."""
+    m = mask(u, v)
+    residual = x.clone()
+    sol = StackSolution(x, u, v, [], [], x.new_zeros(0), [])
+    stack_scales = []
+    for _ in range(cfg.bits):
+        y, z, s, stats = _solve_stack(residual, u, v, cfg, gen, callback)
+        residual = residual - _reconstruct(y, z, s) * m
+        sol.ys.append(y), sol.zs.append(z), stack_scales.append(s), sol.residuals.append(residual)
+        sol.steps.append(stats["steps"]), sol.flip_rounds.append(stats["flip_rounds"])
+        if after_stack is not None:
+            after_stack(residual)
+    sol.scales = _joint_refit(x, u, v, sol.ys, sol.zs) if cfg.joint_refine else torch.stack(stack_scales)
+    return sol
 
 
-def _batches(names: list[str], weights: dict, cfg: BQQConfig):
-    """Consecutive groups of layers with at most cfg.batch_weights (padded) weights."""
-    g_r, g_c = cfg.group_shape
-    batch, size = [], 0
-    for name in names:
-        rows, cols = weights[name].shape
-        padded = math.ceil(rows / g_r) * g_r * math.ceil(cols / g_c) * g_c
-        if batch and size + padded > cfg.batch_weights:
-            yield batch
-            batch, size = [], 0
-        batch.append(name)
-        size += padded
-    if batch:
-        yield batch
+@dataclass
+class LayerFit:
+    """One layer's stored scales (fp16), its bias (the calibration may add one) and W_hat."""
+
+    scales16: torch.Tensor  # [p, R*C, 4] float16
+    bias: torch.Tensor | None
+    w_hat: torch.Tensor  # [M, K] float32, from the stored fp16 scales
+    bias_shift_norm: float | None = None
 
 
-def _store_cached(path: Path, packed: BQQWeight) -> None:
-    from .format import atomic_write_bytes
+def fit_layer(weight: torch.Tensor, sol: StackSolution, cfg: BQQConfig, bias=None,
+              inputs=None) -> LayerFit:
+    """Final scales of one layer from its blocks' solution.
 
-    # Side file first: a layer file without its info is still a valid (resumable) entry.
-    atomic_write_bytes(path.with_suffix(".json"), [json.dumps(packed.info).encode()])
-    save_layers(path, {"layer": packed})
-
-
-def _load_cached(path: Path) -> BQQWeight:
-    packed = load_layers(path)["layer"]
-    info_path = path.with_suffix(".json")
-    packed.info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    packed.info["cache_hit"] = True
-    return packed
+    Data-free: the solution's scales rounded to fp16, with the shared d refit after rounding
+    when that lowers the stored error. With inputs (calibration.InputStatistics): scales
+    that minimise the output error tr((W - W_hat) H (W - W_hat)^T), H = E[x x^T] damped by
+    cfg.calib_damp, and, if cfg.bias_correction, the bias absorbs the mean output shift
+    E[x] (W - W_hat)^T. Raises ValueError when a scale overflows fp16."""
+    rows, cols = weight.shape
+    g_r, g_c = sol.x.shape[1:]
+    scales = sol.scales
+    if inputs is not None:
+        hessian = inputs.hessian(cfg.calib_damp).to(weight.device)
+        scales = _calib_refit(weight, sol.ys, sol.zs, sol.u, sol.v, hessian,
+                              (math.ceil(rows / g_r), math.ceil(cols / g_c)))
+    scales16 = scales.half()
+    if not bool(torch.isfinite(scales16).all()):
+        raise ValueError(f"scales exceed the fp16 range (|w| up to {float(weight.abs().max()):.3g}); "
+                         "rescale the layer before quantising")
+    if inputs is None:  # a d refit would undo the output-aware fit
+        refit = _refit_d_after_rounding(sol.x, sol.u, sol.v, sol.ys, sol.zs, scales16)
+        if (_stored_sse(sol.x, sol.u, sol.v, sol.ys, sol.zs, refit)
+                < _stored_sse(sol.x, sol.u, sol.v, sol.ys, sol.zs, scales16)):
+            scales16 = refit
+    w_hat = untile(sum(_reconstruct(y, z, s) for y, z, s in zip(sol.ys, sol.zs, scales16.float())),
+                   rows, cols)
+    fit = LayerFit(scales16, bias, w_hat)
+    if inputs is not None and cfg.bias_correction:
+        shift = inputs.mean.to(weight.device, torch.float32) @ (weight - w_hat).T
+        fit.bias = shift if bias is None else bias.to(weight.device, torch.float32) + shift
+        fit.bias_shift_norm = float(shift.norm())
+    return fit

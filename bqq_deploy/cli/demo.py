@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli.common import add_verbosity, run
+from .common import add_verbosity, run
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "digits_vit.pt"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "digits_vit.pt"
 
 
 def accuracy(model_path: Path, images: np.ndarray, labels: np.ndarray) -> float:
@@ -39,10 +39,10 @@ def _table(rows: list[list[str]]) -> str:
 def handle(args: argparse.Namespace) -> int:
     import onnx
 
-    from .config import BQQConfig
-    from .datasets import digits_split
-    from .export import export_bundle, load_model
-    from .export.pipeline import fp32_onnx
+    from ..config import BQQConfig
+    from ..datasets import digits_split
+    from ..export import ExportOptions, export_bundle, load_model
+    from ..export.pipeline import fp32_onnx
 
     log = logging.getLogger("bqq-demo")
     x_train, _, x_test, y_test = digits_split()
@@ -64,37 +64,37 @@ def handle(args: argparse.Namespace) -> int:
             log.info("quantising %s to %d bits (%s preset) -> %s", args.model.name, bits,
                      args.quality, out)
             start = time.perf_counter()
-            report = export_bundle(source, out, config=BQQConfig.preset(args.quality, bits=bits, **(
-                                       {"group_size": args.group_size} if args.group_size else {})),
-                                   target="trt", calib=calib, force=True, exclude=args.exclude,
-                                   progress=not args.quiet, validation_inputs=feeds,
-                                   bench_iters=30)
+            config = BQQConfig.preset(args.quality, bits=bits, **(
+                {"group_size": args.group_size} if args.group_size else {}))
+            report = export_bundle(source, out, ExportOptions(
+                config=config, target="trt", calib=calib, force=True, exclude=args.exclude,
+                progress=not args.quiet, validation_inputs=feeds, bench_iters=30))
             seconds = time.perf_counter() - start
             results[bits] = (accuracy(out / "model.onnx", x_test, y_test), report, seconds)
     first = next(iter(results.values()))[1]
-    q16 = first["sizes"]["quantised_layers"]
+    q16 = first.quantised
     rows.append(["original fp32", "32", f"{100 * fp32_acc:.2f}%",
                  f"{q16['fp16_bytes'] * 2 / 1024:.1f} KiB (fp16: {q16['fp16_bytes'] / 1024:.1f})",
-                 f"{first['sizes']['files']['original fp32 ONNX'] / 1024:.1f} KiB",
-                 f"{first['latency']['original fp32 ONNX']['p50_ms']:.3f} ms", "-"])
+                 f"{first.sizes['files']['original fp32 ONNX'] / 1024:.1f} KiB",
+                 f"{first.latency['original fp32 ONNX']['p50_ms']:.3f} ms", "-"])
     for bits, (acc, report, seconds) in results.items():
-        q = report["sizes"]["quantised_layers"]
+        q = report.quantised
         rows.append([f"BQQ {bits}-bit", f"{q['bits_per_weight']:.2f}", f"{100 * acc:.2f}%",
                      f"{q['bqq_bytes'] / 1024:.1f} KiB ({q['ratio_vs_fp16']:.3f}x fp16)",
-                     f"{report['sizes']['files']['model.onnx'] / 1024:.1f} KiB",
-                     f"{report['latency']['model.onnx']['p50_ms']:.3f} ms", f"{seconds:.0f} s"])
+                     f"{report.sizes['files']['model.onnx'] / 1024:.1f} KiB",
+                     f"{report.latency['model.onnx']['p50_ms']:.3f} ms", f"{seconds:.0f} s"])
     print(f"\nDigits ViT ({args.model.name}), {len(y_test)} held-out images, "
           f"{args.quality} preset, {'calibrated on %d training images' % args.calib_samples if args.calib_samples else 'data-free'}\n")
     print(_table(rows))
     print(f"\nBundles (model.onnx for ONNX Runtime, model.trt*.onnx + build_engine.sh for "
           f"TensorRT, report.md): {', '.join(str(args.out / f'bits{b}') for b in results)}")
     for bits, (_, report, _) in results.items():
-        print(f"  bits{bits}: {report['engine']['message']}")
+        print(f"  bits{bits}: {report.engine.message}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bqq_deploy.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bqq_deploy.cli.demo", description=__doc__)
     parser.add_argument("--model", type=Path, default=MODEL, help="TorchScript digits model")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="bundle root")
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3])

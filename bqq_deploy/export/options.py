@@ -1,0 +1,47 @@
+"""ExportOptions: every setting of one export besides the model and the destination."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import BQQConfig
+from ..errors import InputError
+
+TARGETS = ("onnx", "trt")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """config            the quantiser settings
+    target            "onnx": the ONNX files only; "trt": also the TensorRT engine where
+                      TensorRT is installed, else the device kit to build it on the target
+    exclude           fnmatch patterns of layers to keep in float (layer, weight or node name)
+    calib             .npz of unlabeled model inputs for output-aware calibration
+    force             replace a non-empty output directory
+    build_on_device   target "trt": never build here, always leave the device kit
+    progress          a progress bar on stderr while solving
+    validation_inputs feed dicts for the accuracy section (default: random samples)
+    bench_iters       timed ONNX Runtime iterations per model (0: no latency section)
+    cache_dir         the solver's per-layer cache (an interrupted export resumes there)
+    """
+
+    config: BQQConfig = field(default_factory=BQQConfig)
+    target: str = "onnx"
+    exclude: tuple[str, ...] = ()
+    calib: Path | None = None
+    force: bool = False
+    build_on_device: bool = False
+    progress: bool = True
+    validation_inputs: list[dict] | None = None
+    bench_iters: int = 50
+    cache_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise InputError(f"--target {self.target!r}: choose one of {', '.join(TARGETS)}")
+        if self.build_on_device and self.target != "trt":
+            raise InputError("--build-on-device only applies to --target trt")
+        if self.bench_iters < 0:
+            raise InputError(f"bench_iters must be >= 0, got {self.bench_iters}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))

@@ -1,0 +1,221 @@
+"""Runs the solver on layers: input checks, batching several layers' blocks into one solve
+(bounded by config.batch_weights), CPU thread policy, the resumable per-layer cache, the
+progress bar, and packing the result into BQQWeight with its solver statistics."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import BQQConfig
+from ..errors import InputError
+from ..format import BQQWeight, pack_bits
+from ..layout import Layout
+from .cache import LayerCache
+from .calibration import InputStatistics
+from .solver import fit_layer, solve_stacks, tile, untile
+
+# Below this many padded weights per batch, CPU solves run on one thread: the per-step
+# tensors are too small to split, and on a loaded machine two threads were measured 10-30x
+# slower than one (spin-waiting for a busy core).
+_SINGLE_THREAD_BELOW = 1 << 20
+
+
+def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tensor | None = None,
+                    calib_inputs: torch.Tensor | InputStatistics | None = None,
+                    progress: bool = False) -> BQQWeight:
+    """Quantise one weight matrix [M, K] (out x in features) to BQQ.
+
+    All blocks are solved as one batch on config.device. With calib_inputs (this layer's
+    input rows [N, K], or their InputStatistics) the scales are refit to minimise the output
+    error |X W^T - X W_hat^T|^2 and, if config.bias_correction, the bias absorbs the mean
+    output shift. weight.info holds "mse" (weight MSE of the stored fp16 values), "seconds",
+    "steps" (annealing steps run per stack) and more.
+    """
+    return quantize_weights({"weight": weight}, config,
+                            biases=None if bias is None else {"weight": bias},
+                            calib=None if calib_inputs is None else {"weight": calib_inputs},
+                            progress=progress)["weight"]
+
+
+def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
+                     biases: dict[str, torch.Tensor] | None = None,
+                     calib: dict[str, torch.Tensor | InputStatistics] | None = None,
+                     cache_dir: str | Path | None = None,
+                     progress: bool = True) -> dict[str, BQQWeight]:
+    """Quantise many layers; blocks of several layers share one solver batch (up to
+    config.batch_weights padded weights per batch).
+
+    calib: per layer, its input rows [N, K] or their InputStatistics.
+    cache_dir: finished layers are kept there (LayerCache), so a rerun (e.g. after an
+    interruption) loads them instead of solving them again. progress: a tqdm bar on stderr
+    (weights done, ETA, error of the current batch).
+    """
+    biases, calib = dict(biases or {}), dict(calib or {})
+    unknown = (set(biases) | set(calib)) - set(weights)
+    if unknown:
+        raise InputError(f"biases/calib name layers that are not in weights: {sorted(unknown)}")
+    inputs = {}
+    for name, w in weights.items():
+        _check_layer(name, w, biases.get(name))
+        if name in calib:
+            inputs[name] = _input_statistics(name, calib[name], w.shape[1])
+    cache = LayerCache(cache_dir) if cache_dir is not None else None
+    results: dict[str, BQQWeight] = {}
+    keys, todo = {}, []
+    for name, w in weights.items():
+        if cache is not None:
+            keys[name] = cache.key(w, config, biases.get(name), inputs.get(name))
+            results[name] = cache.load(keys[name])
+            if results[name] is not None:
+                continue
+        todo.append(name)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(weights[n].numel() * config.bits for n in todo), unit="w",
+                   unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in _batches(todo, weights, config):
+            solved = _solve_batch({n: weights[n] for n in batch}, config,
+                                  {n: biases[n] for n in batch if n in biases},
+                                  {n: inputs[n] for n in batch if n in inputs}, bar)
+            for name, packed in solved.items():
+                packed.info["cache_hit"] = False
+                if cache is not None:
+                    cache.store(keys[name], packed)
+                results[name] = packed
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: results[name] for name in weights}
+
+
+def _check_layer(name: str, weight, bias) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.numel() == 0:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise InputError(f"{name}: weight must be a non-empty 2-D tensor [M, K], got {shape}")
+    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+        raise InputError(f"{name}: weight must be floating point and finite")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise InputError(f"{name}: bias shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+
+
+def _input_statistics(name: str, calib, features: int) -> InputStatistics:
+    """calib (input rows [N, K] or their statistics), checked, as InputStatistics."""
+    if isinstance(calib, InputStatistics):
+        stats, shape = calib, f"{calib.rows} rows of {calib.features} features"
+    elif isinstance(calib, torch.Tensor) and calib.dim() == 2 and calib.shape[1] == features:
+        stats, shape = InputStatistics.of(calib), str(tuple(calib.shape))
+    else:
+        shape = str(tuple(calib.shape)) if isinstance(calib, torch.Tensor) else type(calib).__name__
+        stats = None
+    if stats is None or stats.features != features or stats.rows == 0:
+        raise InputError(f"{name}: calibration inputs shape {shape}, expected [N >= 1, {features}]")
+    if not stats.is_finite():
+        raise InputError(f"{name}: calibration inputs contain inf or NaN")
+    return stats
+
+
+def _layout(weight: torch.Tensor, config: BQQConfig) -> Layout:
+    return Layout.for_weight(*weight.shape, config.group_shape, config.rank, config.bits)
+
+
+def _batches(names: list[str], weights: dict, config: BQQConfig):
+    """Consecutive groups of layers with at most config.batch_weights padded weights."""
+    batch, size = [], 0
+    for name in names:
+        padded = _layout(weights[name], config).padded_weights
+        if batch and size + padded > config.batch_weights:
+            yield batch
+            batch, size = [], 0
+        batch.append(name)
+        size += padded
+    if batch:
+        yield batch
+
+
+def _device(config: BQQConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def _solve_batch(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar=None) -> dict:
+    """Quantise several layers (same group shape) as one block batch."""
+    padded = sum(_layout(w, config).padded_weights for w in weights.values())
+    threads = torch.get_num_threads()
+    if _device(config).type == "cpu" and padded < _SINGLE_THREAD_BELOW and threads > 1:
+        torch.set_num_threads(1)
+        try:
+            return _solve_batch_on(weights, config, biases, inputs, bar)
+        finally:
+            torch.set_num_threads(threads)
+    return _solve_batch_on(weights, config, biases, inputs, bar)
+
+
+def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar) -> dict:
+    device = _device(config)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    g_r, g_c = config.group_shape
+    start = time.perf_counter()
+    dense = {name: w.detach().to(device, torch.float32) for name, w in weights.items()}
+    tiles, spans, offset = [], {}, 0
+    for name, w in dense.items():
+        tiles.append(tile(w, g_r, g_c))
+        spans[name] = (offset, offset + len(tiles[-1][0]))
+        offset = spans[name][1]
+    x, u, v = (torch.cat(parts) for parts in zip(*tiles))
+    total_weights = sum(w.numel() for w in dense.values())
+    callback = after_stack = None
+    if bar is not None:
+        per_step = total_weights / max(config.steps, 1)
+        callback = lambda n: bar.update(n * per_step)  # noqa: E731
+        real = float(u.sum(-1) @ v.sum(-1))
+
+        def after_stack(residual):
+            if config.steps == 0:
+                bar.update(total_weights)
+            bar.set_postfix_str(f"mse={float((residual ** 2).sum()) / real:.4g}", refresh=False)
+    solution = solve_stacks(x, u, v, config, gen, callback, after_stack)
+    solve_seconds = time.perf_counter() - start
+    out = {}
+    for name, (lo, hi) in spans.items():
+        w, layer_inputs = dense[name], inputs.get(name)
+        sol = solution.blocks(lo, hi)
+        try:
+            fit = fit_layer(w, sol, config, biases.get(name), layer_inputs)
+        except ValueError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        out[name] = _pack(sol, fit, w.shape, config)
+        out[name].info = {
+            "mse": float(((w - fit.w_hat) ** 2).mean()),
+            # Weight MSE after each greedy stack (fp32 scales, before any refit).
+            "greedy_mse": [float((untile(r, *w.shape) ** 2).mean()) for r in sol.residuals],
+            "steps": list(sol.steps),
+            "flip_rounds": list(sol.flip_rounds),
+            "seconds": solve_seconds * w.numel() / total_weights,
+            "batch_layers": len(weights),
+            "device": str(device),
+            "calibrated": layer_inputs is not None,
+        }
+        if layer_inputs is not None:
+            out[name].info["calib_output_mse"] = layer_inputs.output_mse(w - fit.w_hat)
+            if fit.bias_shift_norm is not None:
+                out[name].info["bias_shift_norm"] = fit.bias_shift_norm
+    return out
+
+
+def _pack(sol, fit, shape: tuple[int, int], config: BQQConfig) -> BQQWeight:
+    layout = Layout.for_weight(*shape, config.group_shape, config.rank, config.bits)
+    p, (rows, cols) = layout.stacks, layout.grid
+    y_all = torch.stack(sol.ys).reshape(p, rows, cols, layout.group_rows, layout.rank)
+    z_all = torch.stack(sol.zs).transpose(-1, -2).reshape(p, rows, cols, layout.group_cols, layout.rank)
+    bias = None if fit.bias is None else fit.bias.detach().float().cpu().clone()
+    return BQQWeight(layout.out_features, layout.in_features, layout.group_rows, layout.group_cols,
+                     layout.rank, pack_bits(y_all.cpu()), pack_bits(z_all.cpu()),
+                     fit.scales16.reshape(p, rows, cols, 4).cpu(), bias)
