@@ -135,10 +135,38 @@ def test_cuda_rejects_bad_arguments(cuda_lib):
     assert cuda_lib.bqq_last_error().decode() == "z_bits is NULL"
     assert _cuda_call(cuda_lib, layout, 4, x=(1 << 20) + 2, dtype=0) == err
     assert cuda_lib.bqq_last_error().decode() == "x is not 4-byte aligned"
-    # Every path runs without scratch memory: the query is 0 for any row count.
-    assert cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), 4, 1) == 0
-    assert cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), 4096, 1) == 0
     assert _cuda_call(cuda_lib, layout, 0) == kernels.BQQ_OK  # nothing to do, nothing touched
+
+
+def test_workspace_follows_the_dense_threshold(cuda_lib):
+    """Only the dense path (fp16, rows >= threshold, built with cuBLASLt) needs a workspace:
+    W_hat as fp16 plus cuBLASLt's share; the kernels need none."""
+    layout = kernels._Layout(300, 520, 64, 64, 32, 2)
+
+    def workspace(rows, dtype=1):
+        return cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), rows, dtype)
+
+    threshold = kernels.dense_min_rows()
+    if threshold is None:  # built without cuBLASLt: no dense path at all
+        assert workspace(1) == workspace(10**6) == 0
+        return
+    assert workspace(threshold - 1) == 0 and workspace(threshold, dtype=0) == 0
+    assert workspace(threshold) >= 2 * 300 * 520 and workspace(10**6) == workspace(threshold)
+    before = kernels.set_dense_min_rows(kernels.DENSE_NEVER)
+    portable = kernels.set_portable(False)
+    try:
+        assert before == threshold and workspace(10**6) == 0
+        with pytest.raises(kernels.KernelError, match="dense_min_rows=0 must be >= 1"):
+            kernels.set_dense_min_rows(0)
+        assert kernels.dense_min_rows() == kernels.DENSE_NEVER  # unchanged by the refused value
+        kernels.set_portable(True)  # the portable switch means the SIMT kernels only
+        kernels.set_dense_min_rows(1)
+        assert workspace(10**6) == 0
+    finally:
+        kernels.set_portable(portable)
+        kernels.set_dense_min_rows(before)
+    layout.rank = 0
+    assert workspace(10**6) == 0  # invalid layout
 
 
 def test_cuda_dequantize_and_switch_check_arguments(cuda_lib):

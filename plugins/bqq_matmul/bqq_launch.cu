@@ -1,12 +1,15 @@
 // bqq_matmul_cuda and bqq_dequantize_cuda (bqq_matmul_cuda.h): validate the layout and
 // pointers, check once per device that this library holds a usable image for the GPU, then
-// pick a kernel family (one launch per call, no scratch memory):
+// pick a path:
+//   rows >= dense threshold, fp16, cuBLASLt built in,
+//     workspace given                                  bqq_dense.cu   decode to fp16 + cuBLASLt
 //   rows <= 16, fp16, sm_80+ image, decode fits        bqq_decode.cu  tensor cores
 //   rows <= 16 otherwise                               bqq_gemv.cu    SIMT (any GPU)
 //   rows > 16, fp16, sm_80+ image                      bqq_tiled.cu   mma.sync tiles
 //   rows > 16 otherwise (fp32, sm_75/72)               bqq_tiled.cu   SIMT tiles
-// The portable switch forces the SIMT kernels. No kernel is launched before every check
-// has passed.
+// The portable switch forces the SIMT kernels (no dense path either). Every kernel path is
+// one launch without scratch memory; the dense path is two (decode, GEMM) in the workspace.
+// No kernel is launched before every check has passed.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -26,9 +29,18 @@
 namespace {
 
 constexpr int64_t kSmallBatchRows = 16;
+// From this many rows on, fp16 calls with a large enough workspace take the dense path.
+// NOT YET MEASURED: an estimate (docs/KERNELS.md); `make gpu-check` (bench/kernel_bench.py)
+// prints the measured crossover next to this value, which is the number to put here.
+constexpr int64_t kDenseMinRows = 256;
 constexpr int kMaxDevices = 64;
 
 thread_local BQQKernelPath g_last_path = BQQ_PATH_NONE;
+
+std::atomic<int64_t>& dense_min_rows() {
+    static std::atomic<int64_t> rows{kDenseMinRows};
+    return rows;
+}
 
 std::atomic<int>& portable_flag() {
     static std::atomic<int> flag{[] {
@@ -103,19 +115,9 @@ DeviceInfo device_info(int device) {
     return info;
 }
 
-BQQStatus check_pointer(const char* name, const void* ptr, size_t align) {
-    if (ptr == nullptr) {
-        bqq_set_error("%s is NULL", name);
-        return BQQ_ERR_INVALID_ARGUMENT;
-    }
-    if (reinterpret_cast<uintptr_t>(ptr) % align != 0) {
-        bqq_set_error("%s is not %zu-byte aligned", name, align);
-        return BQQ_ERR_INVALID_ARGUMENT;
-    }
-    return BQQ_OK;
-}
+}  // namespace
 
-BQQStatus launch_error(cudaError_t err, const char* what) {
+BQQStatus bqq::launch_status(cudaError_t err, const char* what) {
     if (err == cudaSuccess) return BQQ_OK;
     if (is_arch_error(err)) {  // the image check passed, so this is a kernel-specific gap
         bqq_set_error("unsupported GPU architecture: %s: %s (library built for CUDA architectures %s)", what,
@@ -126,11 +128,13 @@ BQQStatus launch_error(cudaError_t err, const char* what) {
     return BQQ_ERR_CUDA;
 }
 
-// Layout, device and its info, or an error: what both entry points check first.
-BQQStatus prepare(const BQQLayout* layout, DeviceInfo* info) {
-    if (bqq_layout_check(layout) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
+namespace {
+
+// The current device and its info, or an error: what every entry point checks after its
+// arguments.
+BQQStatus prepare(DeviceInfo* info) {
     int device = 0;
-    if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return launch_error(err, "cudaGetDevice");
+    if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return bqq::launch_status(err, "cudaGetDevice");
     if (device < 0 || device >= kMaxDevices) {
         bqq_set_error("CUDA device %d: only devices 0..%d are supported", device, kMaxDevices - 1);
         return BQQ_ERR_INVALID_ARGUMENT;
@@ -140,12 +144,29 @@ BQQStatus prepare(const BQQLayout* layout, DeviceInfo* info) {
     return info->status;
 }
 
+bool dense_wanted(int64_t rows, BQQDataType dtype) {
+    return dtype == BQQ_FLOAT16 && bqq::dense_available() && portable_flag().load() == 0 &&
+           rows >= dense_min_rows().load();
+}
+
 template <typename T>
 BQQStatus run(const bqq::Layout& lay, const bqq::Weights& w, int64_t rows, const void* x, const void* bias,
-              void* out, const DeviceInfo& info, cudaStream_t stream) {
+              void* out, void* workspace, size_t workspace_bytes, const DeviceInfo& info, cudaStream_t stream) {
     const T* xt = static_cast<const T*>(x);
     const T* bt = static_cast<const T*>(bias);
     T* ot = static_cast<T*>(out);
+    if constexpr (std::is_same<T, __half>::value) {
+        if (dense_wanted(rows, BQQ_FLOAT16) && workspace != nullptr &&
+            workspace_bytes >= bqq::dense_workspace(lay)) {
+            bool ran = false;
+            if (BQQStatus st = bqq::launch_dense(lay, w, rows, xt, bt, ot, workspace, stream, &ran); st != BQQ_OK)
+                return st;
+            if (ran) {
+                g_last_path = BQQ_PATH_DENSE;
+                return BQQ_OK;
+            }
+        }
+    }
     const bool tensor_cores = info.tensor_cores && portable_flag().load() == 0;
     BQQKernelPath path;
     cudaError_t err;
@@ -170,15 +191,33 @@ BQQStatus run(const bqq::Layout& lay, const bqq::Weights& w, int64_t rows, const
     }
     static const char* const names[] = {"", "BQQ tensor-core decode kernel launch", "BQQ small-batch kernel launch",
                                         "BQQ tensor-core tiled kernel launch", "BQQ tiled kernel launch"};
-    const BQQStatus st = launch_error(err, names[path]);
+    const BQQStatus st = bqq::launch_status(err, names[path]);
     if (st == BQQ_OK) g_last_path = path;
     return st;
 }
 
 }  // namespace
 
-extern "C" size_t bqq_matmul_cuda_workspace(const BQQLayout* /*layout*/, int64_t /*rows*/, BQQDataType /*dtype*/) {
-    return 0;
+BQQStatus bqq::device_ready() {
+    DeviceInfo info;
+    return prepare(&info);
+}
+
+extern "C" size_t bqq_matmul_cuda_workspace(const BQQLayout* layout, int64_t rows, BQQDataType dtype) {
+    if (bqq_layout_check(layout) != BQQ_OK) return 0;
+    return dense_wanted(rows, dtype) ? bqq::dense_workspace(bqq::Layout::from(*layout)) : 0;
+}
+
+extern "C" int64_t bqq_matmul_cuda_set_dense_min_rows(int64_t rows) {
+    if (rows < 1) {
+        bqq_set_error("dense_min_rows=%lld must be >= 1 (INT64_MAX: never)", static_cast<long long>(rows));
+        return -1;
+    }
+    return dense_min_rows().exchange(rows);
+}
+
+extern "C" int64_t bqq_matmul_cuda_dense_min_rows(void) {
+    return bqq::dense_available() ? dense_min_rows().load() : -1;
 }
 
 extern "C" int bqq_matmul_cuda_set_portable(int enable) { return portable_flag().exchange(enable ? 1 : 0); }
@@ -187,8 +226,8 @@ extern "C" BQQKernelPath bqq_matmul_cuda_last_path(void) { return g_last_path; }
 
 extern "C" BQQStatus bqq_matmul_cuda(const BQQLayout* layout, int64_t rows, BQQDataType dtype,
                                      const void* x, const int32_t* y_bits, const int32_t* z_bits,
-                                     const void* scales, const void* bias, void* out, void* /*workspace*/,
-                                     size_t /*workspace_bytes*/, cudaStream_t stream) {
+                                     const void* scales, const void* bias, void* out, void* workspace,
+                                     size_t workspace_bytes, cudaStream_t stream) {
     g_last_path = BQQ_PATH_NONE;
     if (bqq_layout_check(layout) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
     if (dtype != BQQ_FLOAT32 && dtype != BQQ_FLOAT16) {
@@ -208,15 +247,15 @@ extern "C" BQQStatus bqq_matmul_cuda(const BQQLayout* layout, int64_t rows, BQQD
     } pointers[] = {{"x", x, elem}, {"y_bits", y_bits, 4}, {"z_bits", z_bits, 4}, {"scales", scales, 2},
                     {"out", out, elem}};
     for (const auto& p : pointers)
-        if (check_pointer(p.name, p.ptr, p.align) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
-    if (bias != nullptr && check_pointer("bias", bias, elem) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
+        if (bqq_check_pointer(p.name, p.ptr, p.align) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
+    if (bias != nullptr && bqq_check_pointer("bias", bias, elem) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
 
     DeviceInfo info;
-    if (BQQStatus st = prepare(layout, &info); st != BQQ_OK) return st;
+    if (BQQStatus st = prepare(&info); st != BQQ_OK) return st;
     const bqq::Layout lay = bqq::Layout::from(*layout);
     const bqq::Weights w{y_bits, z_bits, static_cast<const __half*>(scales)};
-    if (dtype == BQQ_FLOAT16) return run<__half>(lay, w, rows, x, bias, out, info, stream);
-    return run<float>(lay, w, rows, x, bias, out, info, stream);
+    if (dtype == BQQ_FLOAT16) return run<__half>(lay, w, rows, x, bias, out, workspace, workspace_bytes, info, stream);
+    return run<float>(lay, w, rows, x, bias, out, workspace, workspace_bytes, info, stream);
 }
 
 extern "C" BQQStatus bqq_dequantize_cuda(const BQQLayout* layout, const int32_t* y_bits, const int32_t* z_bits,
@@ -228,10 +267,12 @@ extern "C" BQQStatus bqq_dequantize_cuda(const BQQLayout* layout, const int32_t*
         size_t align;
     } pointers[] = {{"y_bits", y_bits, 4}, {"z_bits", z_bits, 4}, {"scales", scales, 2}, {"out", out, 2}};
     for (const auto& p : pointers)
-        if (check_pointer(p.name, p.ptr, p.align) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
+        if (bqq_check_pointer(p.name, p.ptr, p.align) != BQQ_OK) return BQQ_ERR_INVALID_ARGUMENT;
     DeviceInfo info;
-    if (BQQStatus st = prepare(layout, &info); st != BQQ_OK) return st;
+    if (BQQStatus st = prepare(&info); st != BQQ_OK) return st;
     const bqq::Weights w{y_bits, z_bits, static_cast<const __half*>(scales)};
-    return launch_error(bqq::launch_dequantize(bqq::Layout::from(*layout), w, static_cast<__half*>(out), stream),
-                        "BQQ dequantize kernel launch");
+    const bqq::Layout lay = bqq::Layout::from(*layout);
+    return bqq::launch_status(bqq::launch_rows<void, __half>(lay, w, nullptr, lay.M, static_cast<__half*>(out), nullptr,
+                                                             stream),
+                              "BQQ dequantize kernel launch");
 }

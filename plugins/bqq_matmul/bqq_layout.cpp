@@ -1,6 +1,6 @@
-// C ABI of the layout (bqq_matmul.h): field check, packed-tensor element counts and the
-// thread-local error message. The arithmetic is bqq_layout.h's. Compiled into both the CPU
-// reference and the CUDA library.
+// C ABI of the layout (bqq_matmul.h): field check, packed-tensor element counts, the
+// thread-local error message and the pointer check of every entry point. The arithmetic is
+// bqq_layout.h's. Compiled into both the CPU reference and the CUDA library.
 #include <cstdarg>
 #include <cstdio>
 
@@ -23,6 +23,18 @@ void bqq_set_error(const char* fmt, ...) {
 }
 
 const char* bqq_last_error(void) { return g_last_error; }
+
+BQQStatus bqq_check_pointer(const char* name, const void* ptr, size_t align) {
+    if (ptr == nullptr) {
+        bqq_set_error("%s is NULL", name);
+        return BQQ_ERR_INVALID_ARGUMENT;
+    }
+    if (reinterpret_cast<uintptr_t>(ptr) % align != 0) {
+        bqq_set_error("%s is not %zu-byte aligned", name, align);
+        return BQQ_ERR_INVALID_ARGUMENT;
+    }
+    return BQQ_OK;
+}
 
 BQQStatus bqq_layout_check(const BQQLayout* layout) {
     if (layout == nullptr) {

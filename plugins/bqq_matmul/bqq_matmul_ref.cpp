@@ -8,26 +8,6 @@
 #include "bqq_internal.h"
 #include "bqq_layout.h"
 
-namespace {
-
-// IEEE binary16 bit pattern -> float, exact (every half is a float), no compiler extension.
-float half_to_float(uint16_t h) {
-    const int sign = (h >> 15) ? -1 : 1;
-    const int exponent = (h >> 10) & 0x1f;
-    const int mantissa = h & 0x3ff;
-    if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -24);
-    if (exponent == 31) return mantissa ? NAN : sign * INFINITY;
-    return sign * std::ldexp(static_cast<float>(mantissa + 1024), exponent - 25);
-}
-
-int popcount32(uint32_t v) {
-    int n = 0;
-    for (; v; v &= v - 1) ++n;
-    return n;
-}
-
-}  // namespace
-
 extern "C" BQQStatus bqq_matmul_reference(const BQQLayout* layout, int64_t rows, const float* x,
                                           const int32_t* y_bits, const int32_t* z_bits,
                                           const uint16_t* scales, const float* bias, float* out) {
@@ -67,8 +47,8 @@ extern "C" BQQStatus bqq_matmul_reference(const BQQLayout* layout, int64_t rows,
                 for (int64_t i = 0; i < lay.R; ++i) {
                     const int64_t blk = lay.block(k, i, j);
                     const uint16_t* sc = scales + lay.scales(blk);
-                    const double a = half_to_float(sc[0]), b = half_to_float(sc[1]);
-                    const double cs = half_to_float(sc[2]), d = half_to_float(sc[3]);
+                    const double a = bqq::scale_value(sc[0]), b = bqq::scale_value(sc[1]);
+                    const double cs = bqq::scale_value(sc[2]), d = bqq::scale_value(sc[3]);
                     // t = x_j Z^T: walk the set bits of every column's row of Z^T.
                     std::fill(t.begin(), t.end(), 0.0);
                     for (int64_t c = 0; c < gc; ++c) {
@@ -87,7 +67,7 @@ extern "C" BQQStatus bqq_matmul_reference(const BQQLayout* layout, int64_t rows,
                         int pop = 0;
                         for (int64_t w = 0; w < L; ++w) {
                             uint32_t bits = static_cast<uint32_t>(y[w]) & lay.rank_mask(w);
-                            pop += popcount32(bits);
+                            pop += bqq::popcount(bits);
                             for (; bits; bits &= bits - 1) dot += t[32 * w + __builtin_ctz(bits)];
                         }
                         acc[i * gr + r] += a * dot + b * s * pop + block_term;
