@@ -1,13 +1,8 @@
 #include "BQQMatMulPlugin.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <mutex>
-#include <sstream>
 #include <utility>
-#include <vector>
 
-#include "bqq_layout.h"
 #include "bqq_matmul_cuda.h"
 
 namespace bqq
@@ -19,7 +14,6 @@ using nvinfer1::DataType;
 using nvinfer1::Dims;
 using nvinfer1::DimsExprs;
 using nvinfer1::DynamicPluginTensorDesc;
-using nvinfer1::ILogger;
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
 using nvinfer1::PluginTensorDesc;
@@ -28,30 +22,10 @@ using nvinfer1::TensorFormat;
 namespace
 {
 
-std::mutex gLoggerMutex;
-nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
-
-std::string dimsToString(Dims const& dims)
-{
-    std::ostringstream os;
-    os << '[';
-    for (int32_t i = 0; i < dims.nbDims; ++i)
-    {
-        os << (i ? "," : "") << dims.d[i];
-    }
-    os << ']';
-    return os.str();
-}
-
 // Rows of the product: every dimension of X but the last (K).
 int64_t leadingRows(Dims const& dims)
 {
-    int64_t rows = 1;
-    for (int32_t i = 0; i + 1 < dims.nbDims; ++i)
-    {
-        rows *= dims.d[i];
-    }
-    return rows;
+    return volume(dims, 0, dims.nbDims - 1);
 }
 
 bool isActivationType(DataType type)
@@ -65,49 +39,6 @@ BQQDataType toBQQType(DataType type)
 }
 
 }  // namespace
-
-void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
-{
-    std::lock_guard<std::mutex> lock(gLoggerMutex);
-    gLoggerFinder = finder;
-}
-
-void logMessage(ILogger::Severity severity, std::string const& message) noexcept
-{
-    ILogger* logger = nullptr;
-    {
-        std::lock_guard<std::mutex> lock(gLoggerMutex);
-        if (gLoggerFinder != nullptr)
-        {
-            logger = gLoggerFinder->findLogger();
-        }
-    }
-    if (logger == nullptr)
-    {
-        // The logger of the builder/runtime TensorRT created first (self-registering library).
-        logger = ::getLogger();
-    }
-    if (logger != nullptr)
-    {
-        logger->log(severity, message.c_str());
-    }
-    else
-    {
-        std::fprintf(stderr, "%s\n", message.c_str());
-    }
-}
-
-BQQLayout toLayout(FieldValues const& fields) noexcept
-{
-    BQQLayout layout{};
-    layout.M = fields[kFieldOutFeatures];
-    layout.K = fields[kFieldInFeatures];
-    layout.group_rows = fields[kFieldGroupRows];
-    layout.group_cols = fields[kFieldGroupCols];
-    layout.rank = fields[kFieldRank];
-    layout.stacks = fields[kFieldStacks];
-    return layout;
-}
 
 BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, bool hasBias, std::string layerName)
     : mFields(fields)
@@ -237,54 +168,21 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
             + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
         return false;
     }
-    auto matches = [allowUnknown](int64_t got, int64_t want) { return got == want || (allowUnknown && got < 0); };
-
     Dims const& x = dims[kInputX];
-    if (x.nbDims < 1 || !matches(x.d[x.nbDims - 1], mLayout.K))
+    if (x.nbDims < 1 || !(x.d[x.nbDims - 1] == mLayout.K || (allowUnknown && x.d[x.nbDims - 1] < 0)))
     {
         reportError("input 0 (X) has shape " + dimsToString(x) + ", expected [..., " + std::to_string(mLayout.K)
             + "] (in_features)");
         return false;
     }
 
-    Layout const lay = Layout::from(mLayout);
-    struct Expected
+    std::string error;
+    if (!checkPackedInputs(dims, mLayout, allowUnknown, error)
+        || (nbInputs == kMaxInputs
+            && !checkShape(dims[kInputBias], kInputBias, "bias", {mLayout.M}, 1, mLayout, allowUnknown, error)))
     {
-        int32_t index;
-        char const* name;
-        std::vector<int64_t> shape;
-    };
-    std::vector<Expected> expected{
-        {kInputYBits, "y_bits", {lay.p, lay.R, lay.C, lay.gr, lay.L}},
-        {kInputZBits, "z_bits", {lay.p, lay.R, lay.C, lay.gc, lay.L}},
-        {kInputScales, "scales", {lay.p, lay.R, lay.C, 4}},
-    };
-    if (nbInputs == kMaxInputs)
-    {
-        expected.push_back({kInputBias, "bias", {mLayout.M}});
-    }
-    for (Expected const& e : expected)
-    {
-        Dims const& got = dims[e.index];
-        bool ok = got.nbDims == static_cast<int32_t>(e.shape.size());
-        for (int32_t i = 0; ok && i < got.nbDims; ++i)
-        {
-            ok = matches(got.d[i], e.shape[i]);
-        }
-        if (!ok)
-        {
-            std::ostringstream os;
-            os << "input " << e.index << " (" << e.name << ") has shape " << dimsToString(got) << ", expected [";
-            for (size_t i = 0; i < e.shape.size(); ++i)
-            {
-                os << (i ? "," : "") << e.shape[i];
-            }
-            os << "] from the fields out_features=" << mLayout.M << " in_features=" << mLayout.K
-               << " group_rows=" << mLayout.group_rows << " group_cols=" << mLayout.group_cols
-               << " rank=" << mLayout.rank << " stacks=" << mLayout.stacks << " (INT32 words, docs/FORMAT.md section 5)";
-            reportError(os.str());
-            return false;
-        }
+        reportError(error);
+        return false;
     }
     return true;
 }
@@ -382,23 +280,7 @@ nvinfer1::PluginFieldCollection const* BQQMatMulPlugin::getFieldsToSerialize() n
 
 void BQQMatMulPlugin::reportError(std::string const& message, nvinfer1::ErrorCode code) const noexcept
 {
-    try
-    {
-        std::string const full = std::string(kPluginNamespace) + "::" + kPluginName + " (layer '" + mLayerName
-            + "'): " + message;
-        if (mErrorRecorder != nullptr)
-        {
-            mErrorRecorder->reportError(code, full.c_str());
-        }
-        else
-        {
-            logMessage(ILogger::Severity::kERROR, full);
-        }
-    }
-    catch (...)
-    {
-        std::fprintf(stderr, "bqq::BQQMatMul: out of memory while reporting an error\n");
-    }
+    reportPluginError(mErrorRecorder, "bqq::BQQMatMul", mLayerName, message, code);
 }
 
 }  // namespace trt

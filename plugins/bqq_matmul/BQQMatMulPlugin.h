@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "BQQPluginCommon.h"
 #include "bqq_matmul.h"
 
 namespace bqq
@@ -33,34 +34,17 @@ enum InputIndex : int32_t
 constexpr int32_t kMinInputs = 4;
 constexpr int32_t kMaxInputs = 5;
 
-// Creation fields (ONNX INT attributes -> one int32 each), in the order getFieldNames and
-// getFieldsToSerialize list them. Validated in one place: BQQMatMulPluginCreator::createPlugin.
-enum FieldIndex : int32_t
-{
-    kFieldOutFeatures = 0,
-    kFieldInFeatures,
-    kFieldGroupRows,
-    kFieldGroupCols,
-    kFieldRank,
-    kFieldStacks,
-    kFieldFormatVersion,
-    kNbFields
-};
-constexpr std::array<char const*, kNbFields> kFieldNames{
+// Creation fields (ONNX INT attributes -> one int32 each, FieldIndex order), as getFieldNames
+// and getFieldsToSerialize list them. Validated in one place: BQQMatMulPluginCreator::createPlugin.
+constexpr FieldNames kFieldNames{
     "out_features", "in_features", "group_rows", "group_cols", "rank", "stacks", "format_version"};
-using FieldValues = std::array<int32_t, kNbFields>;
+static_assert(kInputYBits == kPackedYBits && kInputZBits == kPackedZBits && kInputScales == kPackedScales,
+    "the packed inputs are at the positions BQQPluginCommon.h checks");
 // Serialise-only field (not an ONNX attribute, not in getFieldNames): whether the node has
 // the optional bias input, fixed by configurePlugin at build time and written into the
 // engine, so that a deserialised plugin knows it before any onShapeChange/enqueue.
 // createPlugin requires it in the runtime phase and refuses it in the build phase.
 constexpr char const* kSerialFieldHasBias = "has_bias";
-
-BQQLayout toLayout(FieldValues const& fields) noexcept;
-
-// Logging for the whole library. The logger comes from the ILoggerFinder that TensorRT hands
-// to setLoggerFinder() (IPluginRegistry::loadLibrary path), else from TensorRT's getLogger().
-void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
-void logMessage(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept;
 
 class BQQMatMulPlugin final : public nvinfer1::IPluginV3,
                               public nvinfer1::IPluginV3OneCore,

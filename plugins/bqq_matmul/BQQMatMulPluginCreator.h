@@ -6,8 +6,6 @@
 
 #include <NvInferRuntime.h>
 
-#include <array>
-
 #include "BQQMatMulPlugin.h"
 
 namespace bqq
@@ -32,8 +30,7 @@ public:
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
 private:
-    std::array<nvinfer1::PluginField, kNbFields> mFieldNames{};
-    nvinfer1::PluginFieldCollection mFieldCollection{};
+    FieldNameCollection mFieldNames;
 };
 
 }  // namespace trt
