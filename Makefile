@@ -11,7 +11,7 @@ BUILD_DIR ?= build
 CUDA_ARCHS ?=
 JOBS ?= 2
 
-.PHONY: setup native demo test bench clean
+.PHONY: setup native demo test bench clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ test: native
 # CPU benchmarks (tens of minutes on 2 cores); bench/kernel_bench.py needs a GPU.
 bench: native
 	$(PY) bench/matrix_compression.py && $(PY) bench/quality.py && $(PY) bench/preset_time.py
+
+# A GPU machine without network: its own python3, torch, nvcc and cmake; no venv, no pip.
+# Builds the CUDA library for this GPU only, runs the GPU tests, compute-sanitizer, the kernel
+# benchmark and a quantiser timing, then prints a summary (tools/gpu_check.sh).
+gpu-check:
+	tools/gpu_check.sh
 
 clean:
 	rm -rf $(BUILD_DIR) $(VENV) out

@@ -182,13 +182,6 @@ def test_manifest_mismatch_says_which_and_what_to_do(manifest_and_plugin, change
     assert str(info.value).endswith(trt.REBUILD_HINT)
 
 
-def test_unsupported_arch_is_explained():
-    text = trt.explain_plugin_error("BQQMatMul enqueue: BQQ_ERR_UNSUPPORTED_ARCH (3)", "8.7")
-    assert "built without sm_87 kernels" in text and "-DCMAKE_CUDA_ARCHITECTURES=87" in text
-    assert trt.explain_plugin_error("other failure", "8.7") == "other failure"
-    assert trt.explain_plugin_error(text, "8.7") == text  # explained once, never twice
-
-
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks bqq-build's message where TensorRT is missing")
 def test_bqq_build_without_tensorrt_exits_2(tmp_path, capsys):
     bundle = _bundle(tmp_path)

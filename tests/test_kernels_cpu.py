@@ -113,9 +113,9 @@ def cuda_lib():
 
 
 def _cuda_call(lib, layout, rows, *, x=1 << 20, y=1 << 20, z=1 << 20, s=1 << 20, out=1 << 20,
-               dtype=1, ws=None, ws_bytes=0):
+               dtype=1):
     # Fake, aligned, never-dereferenced addresses: every call here must fail validation.
-    return lib.bqq_matmul_cuda(ctypes.byref(layout), rows, dtype, x, y, z, s, None, out, ws, ws_bytes, None)
+    return lib.bqq_matmul_cuda(ctypes.byref(layout), rows, dtype, x, y, z, s, None, out, None, 0, None)
 
 
 @pytest.mark.parametrize("field,value", BAD_FIELDS)
@@ -135,12 +135,49 @@ def test_cuda_rejects_bad_arguments(cuda_lib):
     assert cuda_lib.bqq_last_error().decode() == "z_bits is NULL"
     assert _cuda_call(cuda_lib, layout, 4, x=(1 << 20) + 2, dtype=0) == err
     assert cuda_lib.bqq_last_error().decode() == "x is not 4-byte aligned"
-    # rows <= 16 use the small-batch kernel and need rows * M fp32 of workspace.
-    need = cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), 4, 1)
-    assert need == 4 * 64 * 4
-    assert _cuda_call(cuda_lib, layout, 4, ws=1 << 20, ws_bytes=need - 1) == err
-    assert f"need {need} bytes" in cuda_lib.bqq_last_error().decode()
-    # The query never decreases with rows (one call sizes a whole profile): 17+ rows get the
-    # 16-row bound although the tiled path they take uses none.
-    assert cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), 17, 1) == 16 * 64 * 4
     assert _cuda_call(cuda_lib, layout, 0) == kernels.BQQ_OK  # nothing to do, nothing touched
+
+
+def test_workspace_follows_the_dense_threshold(cuda_lib):
+    """Only the dense path (fp16, rows >= threshold, built with cuBLASLt) needs a workspace:
+    W_hat as fp16 plus cuBLASLt's share; the kernels need none."""
+    layout = kernels._Layout(300, 520, 64, 64, 32, 2)
+
+    def workspace(rows, dtype=1):
+        return cuda_lib.bqq_matmul_cuda_workspace(ctypes.byref(layout), rows, dtype)
+
+    threshold = kernels.dense_min_rows()
+    if threshold is None:  # built without cuBLASLt: no dense path at all
+        assert workspace(1) == workspace(10**6) == 0
+        return
+    assert workspace(threshold - 1) == 0 and workspace(threshold, dtype=0) == 0
+    assert workspace(threshold) >= 2 * 300 * 520 and workspace(10**6) == workspace(threshold)
+    before = kernels.set_dense_min_rows(kernels.DENSE_NEVER)
+    portable = kernels.set_portable(False)
+    try:
+        assert before == threshold and workspace(10**6) == 0
+        with pytest.raises(kernels.KernelError, match="dense_min_rows=0 must be >= 1"):
+            kernels.set_dense_min_rows(0)
+        assert kernels.dense_min_rows() == kernels.DENSE_NEVER  # unchanged by the refused value
+        kernels.set_portable(True)  # the portable switch means the SIMT kernels only
+        kernels.set_dense_min_rows(1)
+        assert workspace(10**6) == 0
+    finally:
+        kernels.set_portable(portable)
+        kernels.set_dense_min_rows(before)
+    layout.rank = 0
+    assert workspace(10**6) == 0  # invalid layout
+
+
+def test_cuda_dequantize_and_switch_check_arguments(cuda_lib):
+    layout = kernels._Layout(64, 64, 64, 64, 32, 2)
+    err = kernels.BQQ_ERR_INVALID_ARGUMENT
+    assert cuda_lib.bqq_dequantize_cuda(ctypes.byref(layout), 1 << 20, 1 << 20, 1 << 20, None, None) == err
+    assert cuda_lib.bqq_last_error().decode() == "out is NULL"
+    layout.rank = 0
+    assert cuda_lib.bqq_dequantize_cuda(ctypes.byref(layout), 1 << 20, 1 << 20, 1 << 20, 1 << 20, None) == err
+    assert "rank=0" in cuda_lib.bqq_last_error().decode()
+    # The portable switch is a plain process-wide flag: set, read back, restore.
+    before = cuda_lib.bqq_matmul_cuda_set_portable(1)
+    assert cuda_lib.bqq_matmul_cuda_set_portable(before) == 1
+    assert cuda_lib.bqq_matmul_cuda_last_path() == 0  # nothing ran on this thread

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bqq_deploy.engine import repo_root
-
-TOOL = Path(os.environ.get("BQQ_NPY_INFO", repo_root() / "build" / "runtime" / "bqq-npy-info"))
+REPO = Path(__file__).resolve().parents[1]
+TOOL = Path(os.environ.get("BQQ_NPY_INFO", REPO / "build" / "runtime" / "bqq-npy-info"))
 pytestmark = pytest.mark.skipif(not TOOL.is_file(), reason=f"{TOOL} not built (run `make native`)")
 
 

@@ -12,9 +12,8 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import EngineError, InputError
 from ..specs import TensorSpec
-from ..trt.manifest import check_manifest, current_device
-from ..trt.plugin import (explain_plugin_error, find_plugin_library, import_tensorrt,
-                          load_plugin_library, make_trt_logger)
+from ..trt.manifest import check_manifest
+from ..trt.plugin import find_plugin_library, import_tensorrt, load_plugin_library, make_trt_logger
 from .base import Backend
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ class TensorRTBackend(Backend):
                            "checked before loading", self.path, Bundle.MANIFEST)
         else:
             check_manifest(manifest, plugin_path=self.plugin)
-        self.compute_capability = current_device()["compute_capability"]
         self.trt_logger = make_trt_logger(trt)
         load_plugin_library(trt, self.plugin, self.trt_logger)
         self.runtime = trt.Runtime(self.trt_logger)
@@ -56,7 +54,7 @@ class TensorRTBackend(Backend):
         self.name = f"tensorrt:{self.path.name}"
 
     def _errors(self) -> str:
-        return explain_plugin_error(self.trt_logger.errors(), self.compute_capability)
+        return self.trt_logger.errors()
 
     def prepare(self, feeds):
         torch = self.torch

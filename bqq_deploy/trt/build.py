@@ -17,8 +17,7 @@ from ..report import EngineOutcome
 from ..specs import TensorSpec, profiles
 from .device_kit import write_device_kit
 from .manifest import MANIFEST_VERSION, current_device, sha256_file
-from .plugin import (explain_plugin_error, find_plugin_library, import_tensorrt,
-                     load_plugin_library, make_trt_logger)
+from .plugin import find_plugin_library, import_tensorrt, load_plugin_library, make_trt_logger
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +76,7 @@ def build_engine(bundle_dir: Path, *, plugin_path: str | os.PathLike | None = No
              specs[0].min[0], specs[0].max[0])
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildFailed("TensorRT failed to build the engine: "
-                                + explain_plugin_error(trt_logger.errors(), device["compute_capability"]))
+        raise EngineBuildFailed(f"TensorRT failed to build the engine: {trt_logger.errors()}")
     atomic_write_bytes(cache_path, [bytes(config.get_timing_cache().serialize())])
     engine_bytes = bytes(serialized)
     report = bundle.read_report()

@@ -1,5 +1,6 @@
-"""TensorRT itself: importing it, finding and loading the BQQ plugin library, a logger that
-keeps error lines for messages, and the one explanation of an unsupported GPU architecture."""
+"""TensorRT itself: importing it, finding and loading the BQQ plugin library, and a logger that
+keeps error lines for messages. (What to do about an unsupported GPU architecture is said once,
+by the kernel library itself, plugins/bqq_matmul/bqq_launch.cu; it reaches users unchanged.)"""
 
 from __future__ import annotations
 
@@ -72,17 +73,6 @@ def load_plugin_library(trt, path: Path, trt_logger=None):
         raise EngineError(f"TensorRT could not load the plugin library {path} (wrong TensorRT "
                           "version or architecture? see the TensorRT log above)")
     return handle
-
-
-def explain_plugin_error(message: str, compute_capability: str | None = None) -> str:
-    """message, with the remedy appended when it says the plugin library holds no kernel for
-    this GPU (BQQ_ERR_UNSUPPORTED_ARCH, status 3). The one place this advice is written."""
-    if ("UNSUPPORTED_ARCH" not in message and "no kernel image" not in message) or "rebuild it" in message:
-        return message
-    arch = f"sm_{compute_capability.replace('.', '')}" if compute_capability else "this GPU's"
-    cmake_arch = compute_capability.replace(".", "") if compute_capability else "<arch>"
-    return (f"{message} - the BQQ plugin library was built without {arch} kernels; rebuild it "
-            f"with -DCMAKE_CUDA_ARCHITECTURES={cmake_arch} (or native) on this device")
 
 
 def make_trt_logger(trt):

@@ -1,13 +1,7 @@
 #include "BQQMatMulPlugin.h"
 
-#include <cuda_runtime_api.h>
-
 #include <algorithm>
-#include <cstdio>
-#include <mutex>
-#include <sstream>
 #include <utility>
-#include <vector>
 
 #include "bqq_matmul_cuda.h"
 
@@ -20,7 +14,6 @@ using nvinfer1::DataType;
 using nvinfer1::Dims;
 using nvinfer1::DimsExprs;
 using nvinfer1::DynamicPluginTensorDesc;
-using nvinfer1::ILogger;
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
 using nvinfer1::PluginTensorDesc;
@@ -29,35 +22,10 @@ using nvinfer1::TensorFormat;
 namespace
 {
 
-std::mutex gLoggerMutex;
-nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
-
-int64_t ceilDiv(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
-
-std::string dimsToString(Dims const& dims)
-{
-    std::ostringstream os;
-    os << '[';
-    for (int32_t i = 0; i < dims.nbDims; ++i)
-    {
-        os << (i ? "," : "") << dims.d[i];
-    }
-    os << ']';
-    return os.str();
-}
-
 // Rows of the product: every dimension of X but the last (K).
 int64_t leadingRows(Dims const& dims)
 {
-    int64_t rows = 1;
-    for (int32_t i = 0; i + 1 < dims.nbDims; ++i)
-    {
-        rows *= dims.d[i];
-    }
-    return rows;
+    return volume(dims, 0, dims.nbDims - 1);
 }
 
 bool isActivationType(DataType type)
@@ -72,53 +40,11 @@ BQQDataType toBQQType(DataType type)
 
 }  // namespace
 
-void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
-{
-    std::lock_guard<std::mutex> lock(gLoggerMutex);
-    gLoggerFinder = finder;
-}
-
-void logMessage(ILogger::Severity severity, std::string const& message) noexcept
-{
-    ILogger* logger = nullptr;
-    {
-        std::lock_guard<std::mutex> lock(gLoggerMutex);
-        if (gLoggerFinder != nullptr)
-        {
-            logger = gLoggerFinder->findLogger();
-        }
-    }
-    if (logger == nullptr)
-    {
-        // The logger of the builder/runtime TensorRT created first (self-registering library).
-        logger = ::getLogger();
-    }
-    if (logger != nullptr)
-    {
-        logger->log(severity, message.c_str());
-    }
-    else
-    {
-        std::fprintf(stderr, "%s\n", message.c_str());
-    }
-}
-
-BQQLayout toLayout(FieldValues const& fields) noexcept
-{
-    BQQLayout layout{};
-    layout.M = fields[kFieldOutFeatures];
-    layout.K = fields[kFieldInFeatures];
-    layout.group_rows = fields[kFieldGroupRows];
-    layout.group_cols = fields[kFieldGroupCols];
-    layout.rank = fields[kFieldRank];
-    layout.stacks = fields[kFieldStacks];
-    return layout;
-}
-
-BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, std::string layerName)
+BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, bool hasBias, std::string layerName)
     : mFields(fields)
     , mLayout(toLayout(fields))
     , mLayerName(std::move(layerName))
+    , mHasBias(hasBias ? 1 : 0)
 {
 }
 
@@ -224,7 +150,8 @@ bool BQQMatMulPlugin::supportsFormatCombination(
     }
     if (pos == kInputYBits || pos == kInputZBits)
     {
-        return desc.type == DataType::kINT8;
+        // INT32 words (BQQMatMul_contract.json): an INT8 tensor is quantized data to TensorRT.
+        return desc.type == DataType::kINT32;
     }
     if (pos == kInputScales)
     {
@@ -241,83 +168,40 @@ bool BQQMatMulPlugin::checkInputs(Dims const* dims, int32_t nbInputs, int32_t nb
             + std::to_string(nbInputs) + " inputs and " + std::to_string(nbOutputs) + " outputs");
         return false;
     }
-    auto matches = [allowUnknown](int64_t got, int64_t want) { return got == want || (allowUnknown && got < 0); };
-
     Dims const& x = dims[kInputX];
-    if (x.nbDims < 1 || !matches(x.d[x.nbDims - 1], mLayout.K))
+    if (x.nbDims < 1 || !(x.d[x.nbDims - 1] == mLayout.K || (allowUnknown && x.d[x.nbDims - 1] < 0)))
     {
         reportError("input 0 (X) has shape " + dimsToString(x) + ", expected [..., " + std::to_string(mLayout.K)
             + "] (in_features)");
         return false;
     }
 
-    int64_t const p = mLayout.stacks;
-    int64_t const R = ceilDiv(mLayout.M, mLayout.group_rows);
-    int64_t const C = ceilDiv(mLayout.K, mLayout.group_cols);
-    int64_t const bytesPerRow = 4 * ceilDiv(mLayout.rank, 32);  // INT8 view of L int32 words
-    struct Expected
+    std::string error;
+    if (!checkPackedInputs(dims, mLayout, allowUnknown, error)
+        || (nbInputs == kMaxInputs
+            && !checkShape(dims[kInputBias], kInputBias, "bias", {mLayout.M}, 1, mLayout, allowUnknown, error)))
     {
-        int32_t index;
-        char const* name;
-        std::vector<int64_t> shape;
-    };
-    std::vector<Expected> expected{
-        {kInputYBits, "y_bits", {p, R, C, mLayout.group_rows, bytesPerRow}},
-        {kInputZBits, "z_bits", {p, R, C, mLayout.group_cols, bytesPerRow}},
-        {kInputScales, "scales", {p, R, C, 4}},
-    };
-    if (nbInputs == kMaxInputs)
-    {
-        expected.push_back({kInputBias, "bias", {mLayout.M}});
-    }
-    for (Expected const& e : expected)
-    {
-        Dims const& got = dims[e.index];
-        bool ok = got.nbDims == static_cast<int32_t>(e.shape.size());
-        for (int32_t i = 0; ok && i < got.nbDims; ++i)
-        {
-            ok = matches(got.d[i], e.shape[i]);
-        }
-        if (!ok)
-        {
-            std::ostringstream os;
-            os << "input " << e.index << " (" << e.name << ") has shape " << dimsToString(got) << ", expected [";
-            for (size_t i = 0; i < e.shape.size(); ++i)
-            {
-                os << (i ? "," : "") << e.shape[i];
-            }
-            os << "] from the fields out_features=" << mLayout.M << " in_features=" << mLayout.K
-               << " group_rows=" << mLayout.group_rows << " group_cols=" << mLayout.group_cols
-               << " rank=" << mLayout.rank << " stacks=" << mLayout.stacks << " (docs/FORMAT.md section 5)";
-            reportError(os.str());
-            return false;
-        }
+        reportError(error);
+        return false;
     }
     return true;
-}
-
-// Build time (dims may still be -1) and run time share one check. checkInputs rejects a
-// count outside [kMinInputs, kMaxInputs] before it reads any dims, so a fixed array serves.
-int32_t BQQMatMulPlugin::acceptInputs(
-    Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) noexcept
-{
-    if (!checkInputs(dims, nbInputs, nbOutputs, allowUnknown))
-    {
-        return -1;
-    }
-    mHasBias = nbInputs == kMaxInputs;
-    return 0;
 }
 
 int32_t BQQMatMulPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
+    // checkInputs rejects a count outside [kMinInputs, kMaxInputs] before it reads any dims.
     Dims dims[kMaxInputs]{};
     for (int32_t i = 0; i < std::min(nbInputs, kMaxInputs); ++i)
     {
         dims[i] = in[i].desc.dims;
     }
-    return acceptInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/true);
+    if (!checkInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/true))
+    {
+        return -1;
+    }
+    mHasBias = nbInputs == kMaxInputs ? 1 : 0;  // serialised with the fields
+    return 0;
 }
 
 size_t BQQMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
@@ -335,7 +219,17 @@ int32_t BQQMatMulPlugin::onShapeChange(
     {
         dims[i] = in[i].dims;
     }
-    return acceptInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/false);
+    if (!checkInputs(dims, nbInputs, nbOutputs, /*allowUnknown=*/false))
+    {
+        return -1;
+    }
+    if ((nbInputs == kMaxInputs) != (mHasBias != 0))
+    {
+        reportError(std::string("the engine was built ") + (mHasBias ? "with" : "without") + " the bias input, but "
+            + std::to_string(nbInputs) + " inputs are bound");
+        return -1;
+    }
+    return 0;
 }
 
 int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
@@ -355,29 +249,9 @@ int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
     {
         return 0;
     }
-    std::string message;
-    switch (status)
-    {
-    case BQQ_ERR_UNSUPPORTED_ARCH:
-    {
-        int device = 0;
-        int major = 0;
-        int minor = 0;
-        cudaGetDevice(&device);
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-        std::string const sm = std::to_string(major * 10 + minor);
-        message = "the plugin library holds no CUDA kernel for this GPU (sm_" + sm + "): " + bqq_last_error()
-            + ". Rebuild it for this architecture, e.g. cmake -S <bqq-deploy> -B build -DCMAKE_CUDA_ARCHITECTURES=" + sm
-            + " -DTensorRT_ROOT=<TensorRT dir> && cmake --build build --target bqq_trt_plugin (docs/TENSORRT.md)";
-        break;
-    }
-    case BQQ_ERR_CUDA: message = std::string("CUDA error in bqq_matmul_cuda: ") + bqq_last_error(); break;
-    case BQQ_ERR_INVALID_ARGUMENT:
-        message = std::string("bqq_matmul_cuda rejected its arguments: ") + bqq_last_error();
-        break;
-    default: message = "bqq_matmul_cuda failed with status " + std::to_string(static_cast<int>(status)); break;
-    }
+    // bqq_last_error() is complete, advice included (an unsupported GPU architecture names
+    // the rebuild command): pass it on as it is.
+    std::string const message = std::string("bqq_matmul_cuda: ") + bqq_last_error();
     reportError("enqueue failed (" + std::to_string(rows) + " rows): " + message, nvinfer1::ErrorCode::kFAILED_EXECUTION);
     return -1;
 }
@@ -398,30 +272,15 @@ nvinfer1::PluginFieldCollection const* BQQMatMulPlugin::getFieldsToSerialize() n
     {
         mSerialFields[i] = PluginField(kFieldNames[i], &mFields[i], PluginFieldType::kINT32, 1);
     }
-    mSerialCollection.nbFields = kNbFields;
+    mSerialFields[kNbFields] = PluginField(kSerialFieldHasBias, &mHasBias, PluginFieldType::kINT32, 1);
+    mSerialCollection.nbFields = kNbFields + 1;
     mSerialCollection.fields = mSerialFields.data();
     return &mSerialCollection;
 }
 
 void BQQMatMulPlugin::reportError(std::string const& message, nvinfer1::ErrorCode code) const noexcept
 {
-    try
-    {
-        std::string const full = std::string(kPluginNamespace) + "::" + kPluginName + " (layer '" + mLayerName
-            + "'): " + message;
-        if (mErrorRecorder != nullptr)
-        {
-            mErrorRecorder->reportError(code, full.c_str());
-        }
-        else
-        {
-            logMessage(ILogger::Severity::kERROR, full);
-        }
-    }
-    catch (...)
-    {
-        std::fprintf(stderr, "bqq::BQQMatMul: out of memory while reporting an error\n");
-    }
+    reportPluginError(mErrorRecorder, "bqq::BQQMatMul", mLayerName, message, code);
 }
 
 }  // namespace trt

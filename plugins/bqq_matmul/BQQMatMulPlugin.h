@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "BQQPluginCommon.h"
 #include "bqq_matmul.h"
 
 namespace bqq
@@ -33,29 +34,17 @@ enum InputIndex : int32_t
 constexpr int32_t kMinInputs = 4;
 constexpr int32_t kMaxInputs = 5;
 
-// Creation fields (ONNX INT attributes -> one int32 each), in the order getFieldNames and
-// getFieldsToSerialize list them. Validated in one place: BQQMatMulPluginCreator::createPlugin.
-enum FieldIndex : int32_t
-{
-    kFieldOutFeatures = 0,
-    kFieldInFeatures,
-    kFieldGroupRows,
-    kFieldGroupCols,
-    kFieldRank,
-    kFieldStacks,
-    kFieldFormatVersion,
-    kNbFields
-};
-constexpr std::array<char const*, kNbFields> kFieldNames{
+// Creation fields (ONNX INT attributes -> one int32 each, FieldIndex order), as getFieldNames
+// and getFieldsToSerialize list them. Validated in one place: BQQMatMulPluginCreator::createPlugin.
+constexpr FieldNames kFieldNames{
     "out_features", "in_features", "group_rows", "group_cols", "rank", "stacks", "format_version"};
-using FieldValues = std::array<int32_t, kNbFields>;
-
-BQQLayout toLayout(FieldValues const& fields) noexcept;
-
-// Logging for the whole library. The logger comes from the ILoggerFinder that TensorRT hands
-// to setLoggerFinder() (IPluginRegistry::loadLibrary path), else from TensorRT's getLogger().
-void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
-void logMessage(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept;
+static_assert(kInputYBits == kPackedYBits && kInputZBits == kPackedZBits && kInputScales == kPackedScales,
+    "the packed inputs are at the positions BQQPluginCommon.h checks");
+// Serialise-only field (not an ONNX attribute, not in getFieldNames): whether the node has
+// the optional bias input, fixed by configurePlugin at build time and written into the
+// engine, so that a deserialised plugin knows it before any onShapeChange/enqueue.
+// createPlugin requires it in the runtime phase and refuses it in the build phase.
+constexpr char const* kSerialFieldHasBias = "has_bias";
 
 class BQQMatMulPlugin final : public nvinfer1::IPluginV3,
                               public nvinfer1::IPluginV3OneCore,
@@ -66,7 +55,7 @@ public:
     // fields must have passed validation: only BQQMatMulPluginCreator::createPlugin, which
     // validates them, constructs plugins.
     // layerName (the network layer's name) only labels error messages.
-    BQQMatMulPlugin(FieldValues const& fields, std::string layerName);
+    BQQMatMulPlugin(FieldValues const& fields, bool hasBias, std::string layerName);
     BQQMatMulPlugin(BQQMatMulPlugin const& other) = default;
     BQQMatMulPlugin& operator=(BQQMatMulPlugin const&) = delete;
     ~BQQMatMulPlugin() override = default;
@@ -109,16 +98,16 @@ private:
     // Checks input count, X's last dim and the packed tensors' shapes against the fields.
     // Dimensions of -1 (unknown at build time) pass when allowUnknown is set.
     bool checkInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) const noexcept;
-    // checkInputs, then records whether the optional bias input is present.
-    int32_t acceptInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) noexcept;
 
     FieldValues mFields;
     BQQLayout mLayout;
     std::string mLayerName;
-    bool mHasBias{false};  // known after configurePlugin / onShapeChange; enqueue gets no input count
+    // Set by configurePlugin (build) or read from the engine (runtime); onShapeChange checks
+    // the input count against it; enqueue gets no input count.
+    int32_t mHasBias{0};
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     // Rebuilt by every getFieldsToSerialize call, so copies never point into another plugin.
-    std::array<nvinfer1::PluginField, kNbFields> mSerialFields{};
+    std::array<nvinfer1::PluginField, kNbFields + 1> mSerialFields{};
     nvinfer1::PluginFieldCollection mSerialCollection{};
 };
 

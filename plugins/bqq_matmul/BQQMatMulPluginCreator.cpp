@@ -1,6 +1,5 @@
 #include "BQQMatMulPluginCreator.h"
 
-#include <cstring>
 #include <exception>
 #include <string>
 
@@ -9,94 +8,46 @@ namespace bqq
 namespace trt
 {
 
-using nvinfer1::PluginField;
-using nvinfer1::PluginFieldType;
-
 namespace
 {
 
-// Fills values from fc; on failure returns false and sets error to a message naming the field.
-bool parseFields(nvinfer1::PluginFieldCollection const* fc, FieldValues& values, std::string& error)
+// Fills values and hasBias from fc (parseFields: the shared validation) and applies the rule
+// of the serialise-only has_bias field: required at the runtime phase, refused at build time.
+bool parseMatMulFields(nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase, FieldValues& values,
+    bool& hasBias, std::string& error)
 {
-    if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr))
+    int32_t biasFlag = -1;
+    if (!parseFields(fc, kFieldNames, kSerialFieldHasBias, &biasFlag, "bqq::BQQMatMul", values, error))
     {
-        error = "no creation fields given";
         return false;
     }
-    std::array<bool, kNbFields> seen{};
-    for (int32_t i = 0; i < fc->nbFields; ++i)
+    bool const runtime = phase == nvinfer1::TensorRTPhase::kRUNTIME;
+    if (!runtime && biasFlag != -1)
     {
-        PluginField const& field = fc->fields[i];
-        if (field.name == nullptr)
-        {
-            error = "field " + std::to_string(i) + " has no name";
-            return false;
-        }
-        int32_t index = 0;
-        while (index < kNbFields && std::strcmp(field.name, kFieldNames[index]) != 0)
-        {
-            ++index;
-        }
-        if (index == kNbFields)
-        {
-            // The ONNX parser only passes the fields getFieldNames lists; anything else is not ours.
-            logMessage(nvinfer1::ILogger::Severity::kWARNING,
-                std::string("bqq::BQQMatMul: ignoring unknown field '") + field.name + "'");
-            continue;
-        }
-        std::string const name = field.name;
-        if (seen[index])
-        {
-            error = "field '" + name + "' is given twice";
-            return false;
-        }
-        if (field.type != PluginFieldType::kINT32 || field.length != 1 || field.data == nullptr)
-        {
-            error = "field '" + name + "' must be one int32 (an ONNX INT attribute), got type code "
-                + std::to_string(static_cast<int32_t>(field.type)) + " with length " + std::to_string(field.length);
-            return false;
-        }
-        std::memcpy(&values[index], field.data, sizeof(int32_t));
-        seen[index] = true;
-    }
-    std::string missing;
-    for (int32_t index = 0; index < kNbFields; ++index)
-    {
-        if (!seen[index])
-        {
-            missing += (missing.empty() ? "" : ", ") + std::string(kFieldNames[index]);
-        }
-    }
-    if (!missing.empty())
-    {
-        error = "missing field(s): " + missing;
+        error = std::string("field '") + kSerialFieldHasBias
+            + "' is written by the plugin into the engine; at build time the input count decides it";
         return false;
     }
-    if (values[kFieldFormatVersion] != BQQ_FORMAT_VERSION)
+    if (runtime && biasFlag == -1)
     {
-        error = "format_version is " + std::to_string(values[kFieldFormatVersion]) + ", this plugin reads only "
-            + std::to_string(BQQ_FORMAT_VERSION) + " (docs/FORMAT.md)";
+        error = std::string("missing field(s): ") + kSerialFieldHasBias
+            + " (an engine serialised by an older plugin: rebuild the engine)";
         return false;
     }
-    BQQLayout const layout = toLayout(values);
-    if (bqq_layout_check(&layout) != BQQ_OK)
+    if (runtime && biasFlag != 0 && biasFlag != 1)
     {
-        error = std::string("invalid layout fields: ") + bqq_last_error();
+        error = std::string("field '") + kSerialFieldHasBias + "' must be 0 or 1, got " + std::to_string(biasFlag);
         return false;
     }
+    hasBias = biasFlag == 1;
     return true;
 }
 
 }  // namespace
 
 BQQMatMulPluginCreator::BQQMatMulPluginCreator() noexcept
+    : mFieldNames(kFieldNames)
 {
-    for (int32_t i = 0; i < kNbFields; ++i)
-    {
-        mFieldNames[i] = PluginField(kFieldNames[i], nullptr, PluginFieldType::kINT32, 1);
-    }
-    mFieldCollection.nbFields = kNbFields;
-    mFieldCollection.fields = mFieldNames.data();
 }
 
 char const* BQQMatMulPluginCreator::getPluginName() const noexcept
@@ -116,7 +67,7 @@ char const* BQQMatMulPluginCreator::getPluginNamespace() const noexcept
 
 nvinfer1::PluginFieldCollection const* BQQMatMulPluginCreator::getFieldNames() noexcept
 {
-    return &mFieldCollection;
+    return mFieldNames.get();
 }
 
 nvinfer1::IPluginV3* BQQMatMulPluginCreator::createPlugin(
@@ -124,18 +75,15 @@ nvinfer1::IPluginV3* BQQMatMulPluginCreator::createPlugin(
 {
     try
     {
-        std::string const layer = name != nullptr ? name : "";
         FieldValues values{};
+        bool hasBias = false;
         std::string error;
-        if (!parseFields(fc, values, error))
+        if (!parseMatMulFields(fc, phase, values, hasBias, error))
         {
-            logMessage(nvinfer1::ILogger::Severity::kERROR,
-                std::string("bqq::BQQMatMul (layer '") + layer + "', "
-                    + (phase == nvinfer1::TensorRTPhase::kBUILD ? "build" : "engine deserialisation")
-                    + "): " + error);
+            logCreateFailure("bqq::BQQMatMul", name, phase, error);
             return nullptr;
         }
-        return new BQQMatMulPlugin(values, layer);
+        return new BQQMatMulPlugin(values, hasBias, name != nullptr ? name : "");
     }
     catch (std::exception const& e)
     {

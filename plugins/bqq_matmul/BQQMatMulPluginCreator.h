@@ -6,8 +6,6 @@
 
 #include <NvInferRuntime.h>
 
-#include <array>
-
 #include "BQQMatMulPlugin.h"
 
 namespace bqq
@@ -26,13 +24,13 @@ public:
     char const* getPluginNamespace() const noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
     // Returns nullptr, after logging which field is wrong, when a field is missing,
-    // duplicated, not a single int32, or out of the range docs/FORMAT.md allows.
+    // duplicated, not a single int32, or out of the range docs/FORMAT.md allows. The
+    // runtime phase (engine deserialisation) also needs the serialise-only has_bias field.
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
 private:
-    std::array<nvinfer1::PluginField, kNbFields> mFieldNames{};
-    nvinfer1::PluginFieldCollection mFieldCollection{};
+    FieldNameCollection mFieldNames;
 };
 
 }  // namespace trt

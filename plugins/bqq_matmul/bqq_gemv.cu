@@ -1,9 +1,10 @@
-// Small-batch BQQMatMul (rows <= 16: decode / GEMV-like, memory bound).
+// Portable small-batch BQQMatMul (rows <= 16): SIMT fp32, no sm_80+ instruction, so it is
+// the path for fp32 activations, for GPUs below sm_80 (Turing sm_75; Xavier sm_72 with a
+// CUDA 11.4 build) and for every GPU when the portable switch is on (bqq_matmul_cuda.h).
 //
-// Tiling: one thread block (8 warps) per (64-row tile of a block row i, split of block
-// columns). grid.x = R * ceil(g_r / 64) row tiles, grid.y = column splits, chosen so the
-// grid holds ~4 blocks per SM. Inside a block, warp w takes block columns j = w, w + 8, ...
-// of its split. For each (j, stack k, 32-bit word w of the rank):
+// Tiling: one thread block (8 warps) per 64-row tile of a block row i: grid = R * ceil(g_r/64).
+// Warp w takes block columns j = w, w + 8, ... For each (j, stack k, 32-bit word w of the
+// rank):
 //   t-phase: lane q owns bit q of the word and holds t[n][q] = sum_c x[n][c] Z(q, c) for all
 //            NR activation rows n in registers; the g_c column words are read coalesced
 //            (one per lane) and broadcast with __shfl_sync, the x chunk (32 columns x NR
@@ -12,12 +13,14 @@
 //            lane + 32 of the tile and adds a*t[n][q] for every set bit q of Y(r, :),
 //            plus the b, c, d terms once per stack (popcount of Y(r, :), sum(t), sum(x_j)).
 // Each thread holds acc[2][NR] (2 rows x NR activation rows), t[NR], sum_t[NR], s[NR].
-// The 8 warps reduce through shared atomics, then one global fp32 atomicAdd per output per
-// block into the workspace [rows, M]; the finalize kernel adds the bias and casts.
+// The 8 warps reduce through shared atomics; the block adds the bias and writes its outputs
+// once: one launch, no workspace, no global atomics (results are reproducible run to run
+// up to the order of the shared-memory atomics).
 //
-// Bytes moved (DRAM): every y/z word and every scale exactly once when g_r <= 64 (larger
-// g_r re-reads z once per 64-row tile), p*R*C*(g_r+g_c)*L*4 + p*R*C*8 bytes, plus x once per
-// row tile (served by L2) and 2 * rows * M * 4 bytes of workspace traffic.
+// Bytes moved (DRAM): every y/z word and every scale once when g_r <= 64 (larger g_r
+// re-reads z once per 64-row tile), x once per row tile (served by L2), outputs once.
+// Work: ~1.5 warp-instructions per packed byte per activation row (docs/KERNELS.md):
+// instruction bound, which is why fp16 on sm_80+ takes bqq_decode.cu instead.
 #include "bqq_kernels.cuh"
 
 namespace bqq {
@@ -35,8 +38,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 template <int NR, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
-    gemv_kernel(Shape sh, Weights wt, int rows, const T* __restrict__ x, float* __restrict__ acc_out,
-                int tiles_per_block, int cols_per_split) {
+    gemv_kernel(Layout lay, Weights wt, int rows, const T* __restrict__ x, const T* __restrict__ bias,
+                T* __restrict__ out, int tiles_per_block) {
     __shared__ float xbuf[kWarps][32][NR];  // x chunk: [column][activation row]
     __shared__ float tbuf[kWarps][32][NR];  // a * t for the current word: [bit][activation row]
     __shared__ float red[NR][kTileRows];
@@ -44,8 +47,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int i = blockIdx.x / tiles_per_block;
     const int r0 = (blockIdx.x % tiles_per_block) * kTileRows;
-    const int64_t j_begin = int64_t(blockIdx.y) * cols_per_split;
-    const int64_t j_end = min(int64_t(sh.C), j_begin + cols_per_split);
     for (int e = threadIdx.x; e < NR * kTileRows; e += blockDim.x) (&red[0][0])[e] = 0.f;
 
     float acc[2][NR];
@@ -56,46 +57,46 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int lane_shift = 31 - lane;
 
     // int64 step: j + kWarps must not wrap when C is close to INT32_MAX.
-    for (int64_t jj = j_begin + warp; jj < j_end; jj += kWarps) {
+    for (int64_t jj = warp; jj < lay.C; jj += kWarps) {
         const int j = int(jj);
-        const int64_t col0 = int64_t(j) * sh.gc;
+        const int64_t col0 = int64_t(j) * lay.gc;
         float s[NR];  // sum(x_j) per activation row; columns past K are zero padding
 #pragma unroll
         for (int n = 0; n < NR; ++n) s[n] = 0.f;
-        for (int c = lane; c < sh.gc && col0 + c < sh.K; c += 32) {
+        for (int c = lane; c < lay.gc && col0 + c < lay.K; c += 32) {
 #pragma unroll
             for (int n = 0; n < NR; ++n)
-                if (n < rows) s[n] += load_as_float(x + n * int64_t(sh.K) + col0 + c);
+                if (n < rows) s[n] += load_as_float(x + n * int64_t(lay.K) + col0 + c);
         }
 #pragma unroll
         for (int n = 0; n < NR; ++n) s[n] = warp_sum(s[n]);
 
-        for (int k = 0; k < sh.p; ++k) {
-            const int64_t blk = block_index(sh, k, i, j);
-            const float a = __half2float(wt.s[blk * 4 + 0]), b = __half2float(wt.s[blk * 4 + 1]);
-            const float cs = __half2float(wt.s[blk * 4 + 2]), d = __half2float(wt.s[blk * 4 + 3]);
-            const int32_t* zb = wt.z + blk * sh.gc * sh.L;
-            const int32_t* yb = wt.y + blk * sh.gr * sh.L;
+        for (int k = 0; k < lay.p; ++k) {
+            const int64_t blk = lay.block(k, i, j);
+            const Scales sc = load_scales(lay, wt, blk);
+            const float a = sc.a, b = sc.b, cs = sc.c, d = sc.d;
+            const int32_t* zb = wt.z + lay.z_col(blk, 0);
+            const int32_t* yb = wt.y + lay.y_row(blk, 0);
             float sum_t[NR];
 #pragma unroll
             for (int n = 0; n < NR; ++n) sum_t[n] = 0.f;
             int pop[2] = {0, 0};
 
-            for (int w = 0; w < sh.L; ++w) {
+            for (int w = 0; w < lay.L; ++w) {
                 float t[NR];
 #pragma unroll
                 for (int n = 0; n < NR; ++n) t[n] = 0.f;
-                for (int c0 = 0; c0 < sh.gc; c0 += 32) {
+                for (int c0 = 0; c0 < lay.gc; c0 += 32) {
                     const int c = c0 + lane;
-                    const bool in_block = c < sh.gc;
-                    const bool in_k = in_block && col0 + c < sh.K;
-                    const uint32_t zw = in_block ? static_cast<uint32_t>(__ldg(zb + int64_t(c) * sh.L + w)) : 0u;
+                    const bool in_block = c < lay.gc;
+                    const bool in_k = in_block && col0 + c < lay.K;
+                    const uint32_t zw = in_block ? static_cast<uint32_t>(__ldg(zb + int64_t(c) * lay.L + w)) : 0u;
 #pragma unroll
                     for (int n = 0; n < NR; ++n)
                         xbuf[warp][lane][n] =
-                            (in_k && n < rows) ? load_as_float(x + n * int64_t(sh.K) + col0 + c) : 0.f;
+                            (in_k && n < rows) ? load_as_float(x + n * int64_t(lay.K) + col0 + c) : 0.f;
                     __syncwarp();
-                    const int count = min(32, sh.gc - c0);
+                    const int count = min(32, lay.gc - c0);
                     for (int e = 0; e < count; ++e) {
                         const uint32_t word = __shfl_sync(kFull, zw, e);
 #pragma unroll
@@ -103,7 +104,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                     }
                     __syncwarp();
                 }
-                const bool bit_valid = 32 * w + lane < sh.rank;  // padding bits are ignored
+                const bool bit_valid = 32 * w + lane < lay.rank;  // padding bits are ignored
 #pragma unroll
                 for (int n = 0; n < NR; ++n) {
                     if (!bit_valid) t[n] = 0.f;
@@ -111,12 +112,12 @@ __global__ void __launch_bounds__(kWarps * 32)
                     tbuf[warp][lane][n] = a * t[n];
                 }
                 __syncwarp();
-                const uint32_t mask = rank_mask(sh, w);
+                const uint32_t mask = lay.rank_mask(w);
                 uint32_t yw[2];
 #pragma unroll
                 for (int m = 0; m < 2; ++m) {
                     const int r = r0 + lane + 32 * m;
-                    yw[m] = r < sh.gr ? static_cast<uint32_t>(__ldg(yb + int64_t(r) * sh.L + w)) & mask : 0u;
+                    yw[m] = r < lay.gr ? static_cast<uint32_t>(__ldg(yb + int64_t(r) * lay.L + w)) & mask : 0u;
                     pop[m] += __popc(yw[m]);
                 }
                 // q outer: each a*t value is read from shared memory once for both rows.
@@ -145,75 +146,46 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int m = 0; m < 2; ++m)
 #pragma unroll
         for (int n = 0; n < NR; ++n)
-            if (n < rows && r0 + lane + 32 * m < sh.gr) atomicAdd(&red[n][lane + 32 * m], acc[m][n]);
+            if (n < rows && r0 + lane + 32 * m < lay.gr) atomicAdd(&red[n][lane + 32 * m], acc[m][n]);
     __syncthreads();
     for (int e = threadIdx.x; e < NR * kTileRows; e += blockDim.x) {
         const int n = e / kTileRows, rl = e % kTileRows;
-        const int r = r0 + rl;
-        const int64_t row = int64_t(i) * sh.gr + r;
-        if (n < rows && r < sh.gr && row < sh.M) atomicAdd(acc_out + n * int64_t(sh.M) + row, red[n][rl]);
-    }
-}
-
-template <typename T>
-__global__ void finalize_kernel(int64_t count, int M, const float* __restrict__ acc,
-                                const T* __restrict__ bias, T* __restrict__ out) {
-    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count;
-         e += int64_t(gridDim.x) * blockDim.x) {
-        const float v = acc[e] + (bias ? load_as_float(bias + e % M) : 0.f);
-        store_from_float(out + e, v);
+        const int64_t row = int64_t(i) * lay.gr + r0 + rl;
+        if (n < rows && r0 + rl < lay.gr && row < lay.M)
+            store_from_float(out + n * int64_t(lay.M) + row, red[n][rl] + (bias ? load_as_float(bias + row) : 0.f));
     }
 }
 
 template <int NR, typename T>
-void launch_nr(dim3 grid, const Shape& sh, const Weights& w, int rows, const T* x, float* acc,
-               int tiles, int cols_per_split, cudaStream_t stream) {
-    gemv_kernel<NR, T><<<grid, kWarps * 32, 0, stream>>>(sh, w, rows, x, acc, tiles, cols_per_split);
+void launch_nr(dim3 grid, const Layout& lay, const Weights& w, int rows, const T* x, const T* bias, T* out,
+               int tiles, cudaStream_t stream) {
+    gemv_kernel<NR, T><<<grid, kWarps * 32, 0, stream>>>(lay, w, rows, x, bias, out, tiles);
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t launch_gemv(const Shape& sh, const Weights& w, int rows, const T* x, float* acc,
-                        int sm_count, cudaStream_t stream) {
-    const int tiles = (sh.gr + kTileRows - 1) / kTileRows;
-    const int64_t row_blocks = int64_t(sh.R) * tiles;
+cudaError_t launch_gemv(const Layout& lay, const Weights& w, int rows, const T* x, const T* bias, T* out,
+                        cudaStream_t stream) {
+    const int tiles = int(ceil_div(lay.gr, kTileRows));
+    const int64_t row_blocks = int64_t(lay.R) * tiles;
     if (row_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    // Enough column splits for ~4 blocks per SM, but at least one block column per warp.
-    const int64_t want = (4 * int64_t(sm_count) + row_blocks - 1) / row_blocks;
-    const int64_t max_splits = std::min<int64_t>(65535, (int64_t(sh.C) + kWarps - 1) / kWarps);
-    const int64_t splits_wanted = std::max<int64_t>(1, std::min(want, max_splits));
-    const int cols_per_split = int((sh.C + splits_wanted - 1) / splits_wanted);
-    const dim3 grid(unsigned(row_blocks), unsigned((int64_t(sh.C) + cols_per_split - 1) / cols_per_split));
-    if (rows <= 1) launch_nr<1>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
-    else if (rows <= 2) launch_nr<2>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
-    else if (rows <= 4) launch_nr<4>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
-    else if (rows <= 8) launch_nr<8>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
-    else launch_nr<16>(grid, sh, w, rows, x, acc, tiles, cols_per_split, stream);
+    const dim3 grid{static_cast<unsigned>(row_blocks)};
+    if (rows <= 1) launch_nr<1>(grid, lay, w, rows, x, bias, out, tiles, stream);
+    else if (rows <= 2) launch_nr<2>(grid, lay, w, rows, x, bias, out, tiles, stream);
+    else if (rows <= 4) launch_nr<4>(grid, lay, w, rows, x, bias, out, tiles, stream);
+    else if (rows <= 8) launch_nr<8>(grid, lay, w, rows, x, bias, out, tiles, stream);
+    else launch_nr<16>(grid, lay, w, rows, x, bias, out, tiles, stream);
     return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t launch_finalize(const Shape& sh, int rows, const float* acc, const T* bias, T* out,
-                            cudaStream_t stream) {
-    const int64_t count = int64_t(rows) * sh.M;
-    const int threads = 256;
-    const int64_t blocks = std::min<int64_t>((count + threads - 1) / threads, 65535);
-    finalize_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(count, sh.M, acc, bias, out);
-    return cudaGetLastError();
+cudaError_t gemv_attributes(cudaFuncAttributes* attr) {
+    return cudaFuncGetAttributes(attr, gemv_kernel<1, float>);
 }
 
-cudaError_t finalize_attributes(cudaFuncAttributes* attr) {
-    return cudaFuncGetAttributes(attr, finalize_kernel<float>);
-}
-
-template cudaError_t launch_gemv<float>(const Shape&, const Weights&, int, const float*, float*, int,
+template cudaError_t launch_gemv<float>(const Layout&, const Weights&, int, const float*, const float*, float*,
                                         cudaStream_t);
-template cudaError_t launch_gemv<__half>(const Shape&, const Weights&, int, const __half*, float*, int,
-                                         cudaStream_t);
-template cudaError_t launch_finalize<float>(const Shape&, int, const float*, const float*, float*,
-                                            cudaStream_t);
-template cudaError_t launch_finalize<__half>(const Shape&, int, const float*, const __half*, __half*,
-                                             cudaStream_t);
+template cudaError_t launch_gemv<__half>(const Layout&, const Weights&, int, const __half*, const __half*,
+                                         __half*, cudaStream_t);
 
 }  // namespace bqq

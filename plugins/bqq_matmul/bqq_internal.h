@@ -2,6 +2,8 @@
 #ifndef BQQ_INTERNAL_H
 #define BQQ_INTERNAL_H
 
+#include <stddef.h>
+
 #include "bqq_matmul.h"
 
 #ifdef __cplusplus
@@ -14,6 +16,10 @@ void bqq_set_error(const char* fmt, ...)
     __attribute__((format(printf, 1, 2)))
 #endif
     ;
+
+// BQQ_OK when ptr is non-NULL and a multiple of align; else sets "NAME is NULL" or
+// "NAME is not N-byte aligned" and returns BQQ_ERR_INVALID_ARGUMENT.
+BQQStatus bqq_check_pointer(const char* name, const void* ptr, size_t align);
 
 #ifdef __cplusplus
 }

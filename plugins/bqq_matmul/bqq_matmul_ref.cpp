@@ -6,32 +6,7 @@
 #include <vector>
 
 #include "bqq_internal.h"
-
-namespace {
-
-// IEEE binary16 bit pattern -> float, exact (every half is a float), no compiler extension.
-float half_to_float(uint16_t h) {
-    const int sign = (h >> 15) ? -1 : 1;
-    const int exponent = (h >> 10) & 0x1f;
-    const int mantissa = h & 0x3ff;
-    if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -24);
-    if (exponent == 31) return mantissa ? NAN : sign * INFINITY;
-    return sign * std::ldexp(static_cast<float>(mantissa + 1024), exponent - 25);
-}
-
-// Mask of the bits of word w that are inside the rank (bits >= l are padding, ignored).
-uint32_t rank_mask(int32_t rank, int64_t w) {
-    const int64_t valid = rank - 32 * w;
-    return valid >= 32 ? 0xffffffffu : ((1u << valid) - 1u);
-}
-
-int popcount32(uint32_t v) {
-    int n = 0;
-    for (; v; v &= v - 1) ++n;
-    return n;
-}
-
-}  // namespace
+#include "bqq_layout.h"
 
 extern "C" BQQStatus bqq_matmul_reference(const BQQLayout* layout, int64_t rows, const float* x,
                                           const int32_t* y_bits, const int32_t* z_bits,
@@ -52,48 +27,47 @@ extern "C" BQQStatus bqq_matmul_reference(const BQQLayout* layout, int64_t rows,
             return BQQ_ERR_INVALID_ARGUMENT;
         }
     }
-    const int64_t M = layout->M, K = layout->K, gr = layout->group_rows, gc = layout->group_cols;
-    const int64_t l = layout->rank, p = layout->stacks, L = (l + 31) / 32;
-    const int64_t R = (M + gr - 1) / gr, C = (K + gc - 1) / gc;
+    const bqq::Layout lay = bqq::Layout::from(*layout);
+    const int64_t M = lay.M, K = lay.K, gr = lay.gr, gc = lay.gc, l = lay.rank, L = lay.L;
 
-    std::vector<double> acc(static_cast<size_t>(R * gr));
+    std::vector<double> acc(static_cast<size_t>(int64_t(lay.R) * gr));
     std::vector<double> t(static_cast<size_t>(l));
     std::vector<double> xj(static_cast<size_t>(gc));
     for (int64_t n = 0; n < rows; ++n) {
         const float* xn = x + n * K;
         std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t j = 0; j < C; ++j) {
+        for (int64_t j = 0; j < lay.C; ++j) {
             double s = 0.0;  // sum(x_j); columns past K are the zero padding
             for (int64_t c = 0; c < gc; ++c) {
                 const int64_t col = j * gc + c;
                 xj[c] = col < K ? xn[col] : 0.0;
                 s += xj[c];
             }
-            for (int64_t k = 0; k < p; ++k) {
-                for (int64_t i = 0; i < R; ++i) {
-                    const int64_t blk = (k * R + i) * C + j;
-                    const uint16_t* sc = scales + blk * 4;
-                    const double a = half_to_float(sc[0]), b = half_to_float(sc[1]);
-                    const double cs = half_to_float(sc[2]), d = half_to_float(sc[3]);
+            for (int64_t k = 0; k < lay.p; ++k) {
+                for (int64_t i = 0; i < lay.R; ++i) {
+                    const int64_t blk = lay.block(k, i, j);
+                    const uint16_t* sc = scales + lay.scales(blk);
+                    const double a = bqq::scale_value(sc[0]), b = bqq::scale_value(sc[1]);
+                    const double cs = bqq::scale_value(sc[2]), d = bqq::scale_value(sc[3]);
                     // t = x_j Z^T: walk the set bits of every column's row of Z^T.
                     std::fill(t.begin(), t.end(), 0.0);
-                    const int32_t* z = z_bits + blk * gc * L;
                     for (int64_t c = 0; c < gc; ++c) {
+                        const int32_t* z = z_bits + lay.z_col(blk, c);
                         for (int64_t w = 0; w < L; ++w) {
-                            uint32_t bits = static_cast<uint32_t>(z[c * L + w]) & rank_mask(layout->rank, w);
+                            uint32_t bits = static_cast<uint32_t>(z[w]) & lay.rank_mask(w);
                             for (; bits; bits &= bits - 1) t[32 * w + __builtin_ctz(bits)] += xj[c];
                         }
                     }
                     double sum_t = 0.0;
                     for (double v : t) sum_t += v;
                     const double block_term = cs * sum_t + d * s;
-                    const int32_t* y = y_bits + blk * gr * L;
                     for (int64_t r = 0; r < gr; ++r) {
+                        const int32_t* y = y_bits + lay.y_row(blk, r);
                         double dot = 0.0;
                         int pop = 0;
                         for (int64_t w = 0; w < L; ++w) {
-                            uint32_t bits = static_cast<uint32_t>(y[r * L + w]) & rank_mask(layout->rank, w);
-                            pop += popcount32(bits);
+                            uint32_t bits = static_cast<uint32_t>(y[w]) & lay.rank_mask(w);
+                            pop += bqq::popcount(bits);
                             for (; bits; bits &= bits - 1) dot += t[32 * w + __builtin_ctz(bits)];
                         }
                         acc[i * gr + r] += a * dot + b * s * pop + block_term;

@@ -1,7 +1,7 @@
 // Large-batch BQQMatMul (compute bound): reconstruct W_hat tiles once per thread block in
 // shared memory and reuse each tile for a whole tile of activation rows.
 //
-// Reconstruction (both kernels): the tile is BN = 64 output features x BK = 32 input
+// Reconstruction (both kernels, what_row8 in bqq_kernels.cuh): the tile is BN = 64 output features x BK = 32 input
 // features per K step; thread t builds W_hat[n0 + t/4][k0 + 8*(t%4) .. +8] as
 //   sum_k a_k*popc(Y_k[r] & Z_k[c]) + b_k*popc(Y_k[r]) + c_k*popc(Z_k[c]) + d_k
 // from the packed words (AND + popcount, no unpacking), in fp32. Words are read through the
@@ -30,75 +30,6 @@ constexpr int kThreads = 256;
 constexpr int BN = 64;  // output features per block
 constexpr int BK = 32;  // input features per K step
 
-struct Scales {
-    float a, b, c, d;
-};
-
-__device__ __forceinline__ Scales load_scales(const Weights& wt, int64_t blk) {
-    return {__half2float(wt.s[blk * 4 + 0]), __half2float(wt.s[blk * 4 + 1]),
-            __half2float(wt.s[blk * 4 + 2]), __half2float(wt.s[blk * 4 + 3])};
-}
-
-// W_hat at (feature row rr of block row i, column cc of block column j): the general path.
-__device__ float element(const Shape& sh, const Weights& wt, int i, int rr, int j, int cc) {
-    float v = 0.f;
-    for (int k = 0; k < sh.p; ++k) {
-        const int64_t blk = block_index(sh, k, i, j);
-        const Scales sc = load_scales(wt, blk);
-        const int32_t* yr = wt.y + (blk * sh.gr + rr) * sh.L;
-        const int32_t* zr = wt.z + (blk * sh.gc + cc) * sh.L;
-        int dot = 0, ypop = 0, zpop = 0;
-        for (int w = 0; w < sh.L; ++w) {
-            const uint32_t mask = rank_mask(sh, w);
-            const uint32_t yw = static_cast<uint32_t>(__ldg(yr + w)) & mask;
-            const uint32_t zw = static_cast<uint32_t>(__ldg(zr + w)) & mask;
-            dot += __popc(yw & zw);
-            ypop += __popc(yw);
-            zpop += __popc(zw);
-        }
-        v += sc.a * float(dot) + sc.b * float(ypop) + sc.c * float(zpop) + sc.d;
-    }
-    return v;
-}
-
-// The 8 consecutive W_hat entries of feature `row`, input columns col0 .. col0 + 7 (zero past
-// K or past the padded rows). Fast path when the 8 columns lie in one block column.
-__device__ void reconstruct8(const Shape& sh, const Weights& wt, int64_t row, int64_t col0, float v[8]) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = 0.f;
-    if (row >= sh.M) return;  // never stored
-    const int i = int(row / sh.gr), rr = int(row % sh.gr);
-    const int j0 = int(col0 / sh.gc), cc0 = int(col0 % sh.gc);
-    if (cc0 + 8 <= sh.gc && col0 + 8 <= sh.K) {
-        for (int k = 0; k < sh.p; ++k) {
-            const int64_t blk = block_index(sh, k, i, j0);
-            const Scales sc = load_scales(wt, blk);
-            const int32_t* yr = wt.y + (blk * sh.gr + rr) * sh.L;
-            const int32_t* zr = wt.z + (blk * sh.gc + cc0) * sh.L;
-            int ypop = 0;
-            for (int w = 0; w < sh.L; ++w) ypop += __popc(static_cast<uint32_t>(__ldg(yr + w)) & rank_mask(sh, w));
-            const float row_term = sc.b * float(ypop) + sc.d;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                int dot = 0, zpop = 0;
-                for (int w = 0; w < sh.L; ++w) {
-                    const uint32_t mask = rank_mask(sh, w);
-                    const uint32_t zw = static_cast<uint32_t>(__ldg(zr + e * sh.L + w)) & mask;
-                    dot += __popc(static_cast<uint32_t>(__ldg(yr + w)) & zw);
-                    zpop += __popc(zw);
-                }
-                v[e] += sc.a * float(dot) + sc.c * float(zpop) + row_term;
-            }
-        }
-        return;
-    }
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const int64_t col = col0 + e;
-        if (col < sh.K) v[e] = element(sh, wt, i, rr, int(col / sh.gc), int(col % sh.gc));
-    }
-}
-
 // ----------------------------------------------------------------------------------------
 // Tensor-core path (sm_80+).
 
@@ -113,7 +44,7 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 #endif
 
 __global__ void __launch_bounds__(kThreads)
-    tiled_mma_kernel(Shape sh, Weights wt, int64_t rows, const __half* __restrict__ x,
+    tiled_mma_kernel(Layout lay, Weights wt, int64_t rows, const __half* __restrict__ x,
                      const __half* __restrict__ bias, __half* __restrict__ out, bool x_vec_ok) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ __align__(16) __half xs[kMmaRows][kPad];
@@ -134,19 +65,19 @@ __global__ void __launch_bounds__(kThreads)
 
     const int x_row = tid / 2, x_col = (tid % 2) * 16;  // this thread's 16 halves of the x tile
     const int w_row = tid / 4, w_col = (tid % 4) * 8;   // this thread's 8 W_hat entries
-    for (int64_t k0 = 0; k0 < sh.K; k0 += BK) {
+    for (int64_t k0 = 0; k0 < lay.K; k0 += BK) {
         {
             const int64_t row = m0 + x_row, col = k0 + x_col;
             uint4 chunk[2];
-            if (x_vec_ok && row < rows && col + 16 <= sh.K) {
-                const uint4* src = reinterpret_cast<const uint4*>(x + row * sh.K + col);
+            if (x_vec_ok && row < rows && col + 16 <= lay.K) {
+                const uint4* src = reinterpret_cast<const uint4*>(x + row * lay.K + col);
                 chunk[0] = __ldg(src);
                 chunk[1] = __ldg(src + 1);
             } else {
                 __half* h = reinterpret_cast<__half*>(chunk);
 #pragma unroll
                 for (int e = 0; e < 16; ++e)
-                    h[e] = (row < rows && col + e < sh.K) ? x[row * sh.K + col + e] : __float2half(0.f);
+                    h[e] = (row < rows && col + e < lay.K) ? x[row * lay.K + col + e] : __float2half(0.f);
             }
             uint4* dst = reinterpret_cast<uint4*>(&xs[x_row][x_col]);
             dst[0] = chunk[0];
@@ -154,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
         }
         {
             float v[8];
-            reconstruct8(sh, wt, n0 + w_row, k0 + w_col, v);
+            what_row8(lay, wt, n0 + w_row, k0 + w_col, v);
             uint4 packed;
             packed.x = pack_half2(v[0], v[1]);
             packed.y = pack_half2(v[2], v[3]);
@@ -203,14 +134,14 @@ __global__ void __launch_bounds__(kThreads)
             for (int q = 0; q < 4; ++q) {
                 const int64_t row = m0 + warp_m * 32 + mi * 16 + g + (q >= 2 ? 8 : 0);
                 const int64_t col = n0 + warp_n * 32 + ni * 8 + 2 * t4 + (q & 1);
-                if (row < rows && col < sh.M) {
+                if (row < rows && col < lay.M) {
                     const float b = bias ? __half2float(bias[col]) : 0.f;
-                    out[row * sh.M + col] = __float2half_rn(acc[mi][ni][q] + b);
+                    out[row * lay.M + col] = __float2half_rn(acc[mi][ni][q] + b);
                 }
             }
 #else
     // No tensor-core image below sm_80: the launcher never selects this kernel there.
-    (void)sh, (void)wt, (void)rows, (void)x, (void)bias, (void)out, (void)x_vec_ok;
+    (void)lay, (void)wt, (void)rows, (void)x, (void)bias, (void)out, (void)x_vec_ok;
 #endif
 }
 
@@ -222,7 +153,7 @@ constexpr int kSimtPad = 68;  // keeps float4 rows 16-byte aligned
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    tiled_simt_kernel(Shape sh, Weights wt, int64_t rows, const T* __restrict__ x,
+    tiled_simt_kernel(Layout lay, Weights wt, int64_t rows, const T* __restrict__ x,
                       const T* __restrict__ bias, T* __restrict__ out) {
     __shared__ __align__(16) float xs[BK][kSimtPad];  // [input column][activation row]
     __shared__ __align__(16) float ws[BK][kSimtPad];  // [input column][feature]
@@ -233,15 +164,15 @@ __global__ void __launch_bounds__(kThreads)
 
     const int x_row = tid / 4, x_col = (tid % 4) * 8;
     const int w_row = tid / 4, w_col = (tid % 4) * 8;
-    for (int64_t k0 = 0; k0 < sh.K; k0 += BK) {
+    for (int64_t k0 = 0; k0 < lay.K; k0 += BK) {
         const int64_t row = m0 + x_row;
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
             const int64_t col = k0 + x_col + e;
-            xs[x_col + e][x_row] = (row < rows && col < sh.K) ? load_as_float(x + row * sh.K + col) : 0.f;
+            xs[x_col + e][x_row] = (row < rows && col < lay.K) ? load_as_float(x + row * lay.K + col) : 0.f;
         }
         float v[8];
-        reconstruct8(sh, wt, n0 + w_row, k0 + w_col, v);
+        what_row8(lay, wt, n0 + w_row, k0 + w_col, v);
 #pragma unroll
         for (int e = 0; e < 8; ++e) ws[w_col + e][w_row] = v[e];
         __syncthreads();
@@ -262,33 +193,33 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
             const int64_t row = m0 + ty * 4 + r, col = n0 + tx * 4 + c;
-            if (row < rows && col < sh.M)
-                store_from_float(out + row * sh.M + col, acc[r][c] + (bias ? load_as_float(bias + col) : 0.f));
+            if (row < rows && col < lay.M)
+                store_from_float(out + row * lay.M + col, acc[r][c] + (bias ? load_as_float(bias + col) : 0.f));
         }
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t launch_tiled_simt(const Shape& sh, const Weights& w, int64_t rows, const T* x,
+cudaError_t launch_tiled_simt(const Layout& lay, const Weights& w, int64_t rows, const T* x,
                               const T* bias, T* out, cudaStream_t stream) {
     const int64_t row_tiles = (rows + kSimtRows - 1) / kSimtRows;
-    const int64_t feature_tiles = (int64_t(sh.M) + BN - 1) / BN;
+    const int64_t feature_tiles = (int64_t(lay.M) + BN - 1) / BN;
     if (row_tiles > 0x7fffffff || feature_tiles > 65535) return cudaErrorInvalidConfiguration;
     tiled_simt_kernel<T><<<dim3(unsigned(row_tiles), unsigned(feature_tiles)), kThreads, 0, stream>>>(
-        sh, w, rows, x, bias, out);
+        lay, w, rows, x, bias, out);
     return cudaGetLastError();
 }
 
-cudaError_t launch_tiled_mma(const Shape& sh, const Weights& w, int64_t rows, const __half* x,
+cudaError_t launch_tiled_mma(const Layout& lay, const Weights& w, int64_t rows, const __half* x,
                              const __half* bias, __half* out, cudaStream_t stream) {
     const int64_t row_tiles = (rows + kMmaRows - 1) / kMmaRows;
-    const int64_t feature_tiles = (int64_t(sh.M) + BN - 1) / BN;
+    const int64_t feature_tiles = (int64_t(lay.M) + BN - 1) / BN;
     if (row_tiles > 0x7fffffff || feature_tiles > 65535) return cudaErrorInvalidConfiguration;
     // 16-byte vector loads of x need 16-byte aligned rows.
-    const bool x_vec_ok = sh.K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    const bool x_vec_ok = lay.K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     tiled_mma_kernel<<<dim3(unsigned(row_tiles), unsigned(feature_tiles)), kThreads, 0, stream>>>(
-        sh, w, rows, x, bias, out, x_vec_ok);
+        lay, w, rows, x, bias, out, x_vec_ok);
     return cudaGetLastError();
 }
 
@@ -296,9 +227,9 @@ cudaError_t tiled_mma_attributes(cudaFuncAttributes* attr) {
     return cudaFuncGetAttributes(attr, tiled_mma_kernel);
 }
 
-template cudaError_t launch_tiled_simt<float>(const Shape&, const Weights&, int64_t, const float*,
+template cudaError_t launch_tiled_simt<float>(const Layout&, const Weights&, int64_t, const float*,
                                               const float*, float*, cudaStream_t);
-template cudaError_t launch_tiled_simt<__half>(const Shape&, const Weights&, int64_t, const __half*,
+template cudaError_t launch_tiled_simt<__half>(const Layout&, const Weights&, int64_t, const __half*,
                                                const __half*, __half*, cudaStream_t);
 
 }  // namespace bqq

@@ -1,21 +1,24 @@
-# TensorRT plugin BQQMatMul. Included by plugins/bqq_matmul/CMakeLists.txt when TensorRT_FOUND
-# (cmake/FindTensorRT.cmake); links the objects of the CUDA kernels (bqq_matmul_kernels).
+# TensorRT plugins BQQMatMul and BQQGather, one library. Included by
+# plugins/bqq_matmul/CMakeLists.txt when TensorRT_FOUND (cmake/FindTensorRT.cmake); links the
+# objects of the CUDA kernels (bqq_matmul_kernels, which hold the gather kernel too).
 #
 #   bqq_trt_plugin          libbqq_trt_plugin.so: exports getCreators/setLoggerFinder for
 #                           IPluginRegistry::loadLibrary, trtexec --dynamicPlugins and
 #                           --setPluginsToSerialize; registers nothing by itself.
-#   bqq_trt_plugin_autoreg  libbqq_trt_plugin_autoreg.so: registers the creator when loaded
+#   bqq_trt_plugin_autoreg  libbqq_trt_plugin_autoreg.so: registers both creators when loaded
 #                           (ctypes.CDLL, dlopen, trtexec --staticPlugins).
 # Both share the objects of bqq_trt_plugin_core. Load one of the two per process.
 #
 # With BQQ_TRT_COMPILE_CHECK (headers only, no TensorRT libraries) bqq_trt_plugin is an
-# OBJECT library of every plugin source: it compiles, nothing is linked.
+# OBJECT library of every plugin source (both plugins): it compiles, nothing is linked.
 
 set(_bqq_trt_dir "${CMAKE_CURRENT_LIST_DIR}")
-set(_bqq_trt_core_sources "${_bqq_trt_dir}/BQQMatMulPlugin.cpp" "${_bqq_trt_dir}/BQQMatMulPluginCreator.cpp")
+set(_bqq_trt_core_sources "${_bqq_trt_dir}/BQQPluginCommon.cpp" "${_bqq_trt_dir}/BQQMatMulPlugin.cpp"
+    "${_bqq_trt_dir}/BQQMatMulPluginCreator.cpp" "${BQQ_GATHER_DIR}/BQQGatherPlugin.cpp"
+    "${BQQ_GATHER_DIR}/BQQGatherPluginCreator.cpp")
 
 function(_bqq_trt_compile_settings target)
-  target_include_directories(${target} PRIVATE "${_bqq_trt_dir}")
+  target_include_directories(${target} PRIVATE "${_bqq_trt_dir}" "${BQQ_GATHER_DIR}")
   target_compile_features(${target} PRIVATE cxx_std_17)
   set_target_properties(${target} PROPERTIES CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON
                                              POSITION_INDEPENDENT_CODE ON)

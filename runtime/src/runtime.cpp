@@ -56,21 +56,6 @@ std::string descr_of(nvinfer1::DataType type) {
     }
 }
 
-// The plugin returns BQQ_ERR_UNSUPPORTED_ARCH (bqq_matmul_cuda.h) when the library holds no
-// kernel image for the running GPU; say what to rebuild instead of only echoing the status.
-std::string explain(const std::string& errors) {
-    if (errors.find("UNSUPPORTED_ARCH") == std::string::npos && errors.find("no kernel image") == std::string::npos) {
-        return errors;
-    }
-    int device = 0, major = 0, minor = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    const std::string arch = std::to_string(major * 10 + minor);
-    return errors + " - the BQQ plugin library was built without sm_" + arch +
-           " kernels; rebuild it with -DCMAKE_CUDA_ARCHITECTURES=" + arch + " (or native) on this device";
-}
-
 struct DeviceBuffer {
     void* ptr = nullptr;
     size_t bytes = 0;
@@ -195,7 +180,7 @@ struct Engine::Impl {
     }
 
     void enqueue() {
-        if (!context->enqueueV3(stream)) throw RuntimeError("enqueueV3 failed: " + explain(logger.take_errors()));
+        if (!context->enqueueV3(stream)) throw RuntimeError("enqueueV3 failed: " + logger.take_errors());
     }
 
     void synchronize(const std::string& what) {
@@ -215,7 +200,7 @@ Engine::Engine(const std::string& engine_path, const std::string& plugin_path) :
     if (plan.empty()) throw RuntimeError("engine file " + engine_path + " is empty");
     m.engine.reset(m.runtime->deserializeCudaEngine(plan.data(), plan.size()));
     if (!m.engine) {
-        throw RuntimeError("cannot deserialise " + engine_path + ": " + explain(m.logger.take_errors()) +
+        throw RuntimeError("cannot deserialise " + engine_path + ": " + m.logger.take_errors() +
                            " (an engine only loads on the TensorRT version and GPU it was built with; rebuild "
                            "it on this device with bqq-build or trtexec)");
     }
