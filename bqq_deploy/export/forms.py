@@ -91,10 +91,10 @@ def subgraph_names(graph: onnx.GraphProto) -> set[str]:
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of model where float `Constant` nodes are initializers, `Identity` of an
-    initializer is read as the initializer itself, and `Transpose(perm=[1, 0])` of a 2-D float
+    initializer is read as the initializer itself, `Transpose(perm=[1, 0])` of a 2-D float
     initializer that nothing else reads is folded into it (the initializer keeps its name and
-    holds the transposed values). Only the main graph is rewritten; values that subgraphs or
-    graph outputs read keep their producers."""
+    holds the transposed values), and each linear's bias is its own tensor. Only the main
+    graph is rewritten; values that subgraphs or graph outputs read keep their producers."""
     model = copy_model(model)
     graph = model.graph
     keep = subgraph_names(graph) | {o.name for o in graph.output}
@@ -138,10 +138,43 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         nodes.append(node)
     _rename_inputs(nodes, renames)
+    _unshare_biases(graph, nodes, inits, keep)
     del graph.node[:]
     graph.node.extend(nodes)
-    # initializers listed as graph inputs (old IR) stay consistent: new ones are not inputs
     return model
+
+
+def _unshare_biases(graph: onnx.GraphProto, nodes, inits: dict, keep: set[str]) -> None:
+    """Give a bias read by several nodes one copy per linear that adds it (a Gemm's C, or the
+    Add right after a MatMul with a constant weight): exporters merge equal tensors (zero
+    biases of a fresh model, equal LayerNorm shifts), and a bias folded into a BQQMatMul (and
+    corrected by calibration) must be that layer's own. Copies cost M floats each."""
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    linear_outputs = {n.output[0] for n in nodes if n.op_type == "MatMul" and len(n.input) > 1
+                      and n.input[1] in inits}
+    for node in nodes:
+        if node.op_type == "Gemm" and len(node.input) > 2:
+            slots = [2]
+        elif node.op_type == "Add" and len(node.input) == 2 and (
+                node.input[0] in linear_outputs or node.input[1] in linear_outputs):
+            slots = [i for i in (0, 1) if node.input[i] not in linear_outputs]
+        else:
+            continue
+        for slot in slots:
+            name = node.input[slot]
+            init = inits.get(name)
+            if init is None or readers.get(name, 0) < 2 or name in keep or len(init.dims) > 2:
+                continue
+            copy = onnx.TensorProto()
+            copy.CopyFrom(init)
+            copy.name = f"{name}.{node.name or node.output[0]}"
+            graph.initializer.append(copy)
+            inits[copy.name] = graph.initializer[-1]
+            node.input[slot] = copy.name
+            readers[name] -= 1
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:

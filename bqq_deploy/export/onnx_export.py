@@ -45,9 +45,43 @@ def torch_to_onnx(source: SourceModel, opset: int = OPSET) -> onnx.ModelProto:
                           dynamic_axes=dynamic, do_constant_folding=True)
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if source.kind in ("module", "pickle"):  # a Python module: torch.export may trace it
+            log.warning("%s: the TorchScript-based exporter failed (%s); used the "
+                        "torch.export-based one", source.path, text[:200])
+            return _dynamo_export(source, args, input_names, output_names, opset, text)
         raise InputError(f"{source.path}: torch.onnx.export failed ({text})"
                          + (TORCHSCRIPT_REMEDY if source.kind == "torchscript" else "")) from None
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _dynamo_export(source: SourceModel, args, input_names, output_names, opset: int,
+                   first_error: str) -> onnx.ModelProto:
+    """source's module through torch.export and the torch.export-based ONNX exporter, with
+    the same dims dynamic (torch.export.Dim per symbolic dim, shared by name)."""
+    dims: dict[str, object] = {}
+
+    def dim(name: str, lo: int, hi: int):
+        return dims.setdefault(name, torch.export.Dim(_identifier(name), min=lo, max=hi))
+
+    shapes = tuple({i: dim(axis, spec.min[i], spec.max[i]) for i, axis in _dynamic_axes(spec).items()
+                    if spec.min[i] != spec.max[i]} or None for spec in source.inputs)
+    try:
+        # forward(*inputs): the dims of the one variadic argument, one entry per input
+        program = torch.onnx.export(source.module, args, None, dynamo=True, opset_version=opset,
+                                    input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=(shapes,), optimize=True, verbose=False)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{source.path}: torch.onnx.export failed with both exporters "
+                         f"(TorchScript-based: {first_error[:200]}; torch.export-based: "
+                         f"{text[:200]})") from None
+    return program.model_proto
+
+
+def _identifier(name: str) -> str:
+    """A Python identifier for a torch.export.Dim name."""
+    text = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return text if text and not text[0].isdigit() else f"d_{text}"
 
 
 # A TorchScript file keeps no tensor shapes, which torch's ONNX exporter needs for some ops (a

@@ -259,8 +259,8 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
         layers=[_layer_entry(c, weights[c.layer], candidates) for c in _first_uses(candidates)],
         skipped=skipped,
         calibration=data.calib_info, timings_s=timings,
-        shape_ranges=("--shapes " if options.shapes else "default (--shapes to change): ")
-        + describe_profiles(source.inputs))
+        shape_ranges=("as given: " if options.shapes else "defaults (set them with --shapes or "
+                      "dynamic_shapes): ") + describe_profiles(source.inputs))
     with Bundle.create(out, options.force) as bundle:
         for name, model in models.items():
             forms.save(model, bundle / name)
@@ -385,7 +385,8 @@ def _validate(source, fp32, portable_path, candidates, weights, matches, data: E
         if source.is_torch and all(c.node in matches for c in candidates):
             try:
                 module = bqq_torch_model(source.fresh_module(), candidates, weights, matches)
-                reference = TorchBackend(module, label="bqq-reference", device="cpu")
+                reference = TorchBackend(module, label="bqq-reference", device="cpu",
+                                         input_specs=source.inputs)
                 reference_kind = "PyTorch model with each quantised weight replaced by its W_hat"
             except ValueError as exc:
                 log.info("torch reference unavailable (%s); using the ONNX one", exc)
