@@ -180,6 +180,8 @@ def parse_shape_range(text: str) -> ShapeRange:
     if not _RANGE_RE.match(dims):
         raise InputError(usage)
     shapes = [tuple(int(d) for d in part.split("x")) for part in dims.split("/")]
+    if max(max(shape) for shape in shapes) >= 2**31:
+        raise InputError(f"--shapes {text!r}: a dim of 2**31 or more cannot be a tensor size")
     lo, mid, hi = shapes if len(shapes) == 3 else shapes * 3
     if len({len(lo), len(mid), len(hi)}) != 1:
         raise InputError(f"--shapes {text!r}: min, opt and max need the same number of dims")

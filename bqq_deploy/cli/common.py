@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Callable
 
-from ..errors import EXIT_FAILED_CHECK, EXIT_OK, exit_code
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED_CHECK, EXIT_OK, exit_code
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +32,16 @@ def configure_logging(args: argparse.Namespace) -> None:
                                          else logging.INFO)
 
 
+# Exit status of an unexpected error: a bug, reported in one line (-v shows the traceback).
+EXIT_INTERNAL = 3
+
+
 def run(prog: str, handler: Callable[[argparse.Namespace], int | None],
         parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse argv, run handler, map the library's errors to exit codes with one line."""
+    """Parse argv, run handler, map the library's errors to exit codes with one line: 2 bad
+    input (a bad flag included), 1 a failed check, 3 a bug (its traceback only with -v)."""
+    parser.error = lambda message: parser.exit(  # type: ignore[method-assign]
+        EXIT_BAD_INPUT, f"{prog}: error: {' '.join(message.split())} (see {prog} --help)\n")
     args = parser.parse_args(argv)
     configure_logging(args)
     try:
@@ -45,7 +52,11 @@ def run(prog: str, handler: Callable[[argparse.Namespace], int | None],
     except Exception as exc:
         code = exit_code(exc)
         if code is None:
-            raise
+            if getattr(args, "verbose", False):
+                raise
+            print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: "
+                  "rerun with -v for the traceback and report it)", file=sys.stderr)
+            return EXIT_INTERNAL
         kind = "check failed" if code == EXIT_FAILED_CHECK else "error"
         print(f"{prog}: {kind}: {_one_line(exc)}", file=sys.stderr)
         return code

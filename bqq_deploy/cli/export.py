@@ -168,6 +168,8 @@ def handle(args: argparse.Namespace) -> int:
     for flag, path in (("--calib", args.calib), ("--val-data", args.val_data)):
         if path is not None and not path.is_file():
             raise InputError(f"{path}: {flag} file not found")
+    if not args.no_cache and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise InputError(f"--cache-dir {args.cache_dir}: exists and is not a directory")
     options = ExportOptions(config=make_config(args), target=args.target, exclude=args.exclude,
                             calib=args.calib, val=args.val_data, shapes=args.shapes,
                             tolerances=Tolerances(args.min_cosine, args.max_rel, args.min_top1),
@@ -181,7 +183,7 @@ def handle(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary(report, args.output))
     if not report.passed:
-        raise CheckFailed("; ".join(report.verdict["failures"])
+        raise CheckFailed("verdict FAILED: " + "; ".join(report.verdict["failures"])
                           + f" (report: {args.output / 'report.md'})")
     return 0
 

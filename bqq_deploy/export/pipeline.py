@@ -93,6 +93,8 @@ def load_rows(data, source: SourceModel, what: str = "calibration data") -> dict
                              f"model expects {spec.dtype} (token ids, masks, indices)")
         if array.dtype.kind not in "fciub":
             raise InputError(f"{label}: array {spec.name!r} has dtype {array.dtype}, not a number")
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise InputError(f"{label}: array {spec.name!r} holds NaN or infinite values")
     return {n: arrays[n].astype(next(s.dtype for s in source.inputs if s.name == n)) for n in names}
 
 
