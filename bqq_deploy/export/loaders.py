@@ -194,6 +194,9 @@ def _load_onnx(path: Path, input_shapes) -> SourceModel:
         check(model, path)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
         raise InputError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    if any(node.domain == "bqq" for node in model.graph.node):
+        raise InputError(f"{path}: holds BQQMatMul nodes already (a bqq-export output); export "
+                         "the original fp32 model instead")
     specs = onnx_input_specs(model, path)
     if input_shapes:
         given = specs_from_shapes(input_shapes, specs)

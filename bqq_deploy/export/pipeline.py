@@ -330,11 +330,29 @@ def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.Model
     for name, form in ONNX_FILES:
         model = surgery.replace_with_bqq(fp32, candidates, weights, form)
         models[name] = surgery.to_fp16(model) if name == Bundle.TRT_ONNX_FP16 else model
-        try:
-            forms.check(models[name], full_check=True)  # past 2 GB: checked once saved
-        except onnx.checker.ValidationError as exc:
-            raise RuntimeError(f"{name} failed onnx.checker: {exc}") from exc
+        _check_rewritten(models[name], name)
     return models
+
+
+def _check_rewritten(model: onnx.ModelProto, name: str) -> None:
+    """onnx.checker (full) on a rewritten file. Some files declare an output shape the graph
+    does not compute (ddddocr's common.onnx: [1, seqlen] for a [seq, 1, classes] tensor; ONNX
+    Runtime only warns); shape inference through the BQQMatMul function sees it, so those
+    declared dims are dropped (the type stays) and the file checked again."""
+    try:
+        forms.check(model, full_check=True)  # past 2 GB: checked once saved
+        return
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = exc
+    dropped = [out.name for out in model.graph.output if out.type.tensor_type.HasField("shape")]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        forms.check(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        raise RuntimeError(f"{name} failed onnx.checker: {first}") from first
+    log.warning("%s: declared shapes of outputs %s contradict the graph (%s); left undeclared",
+                name, ", ".join(dropped), " ".join(str(first).split())[:160])
 
 
 def _layer_entry(cand: surgery.Candidate, weight, candidates=()) -> LayerEntry:
