@@ -85,6 +85,8 @@ class _Quiet(logging.Filter):
 def _source(logger_name: str) -> str:
     if logger_name.startswith("bqq_deploy.export.surgery"):
         return "fp16 file"
+    if logger_name.startswith("bqq_deploy"):
+        return "export"
     return logger_name.split(".")[0] if logger_name else ""
 
 

@@ -231,7 +231,8 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
     clock = time.perf_counter()
     fp32 = fp32_onnx(source)
     check_exported_inputs(fp32, source)
-    check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data))
+    outputs = check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data))
+    fix_declared_outputs(fp32, outputs)
     timings["onnx export"] = time.perf_counter() - clock
     candidates, skipped, matches = _select_layers(source, fp32, options)
 
@@ -330,29 +331,11 @@ def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.Model
     for name, form in ONNX_FILES:
         model = surgery.replace_with_bqq(fp32, candidates, weights, form)
         models[name] = surgery.to_fp16(model) if name == Bundle.TRT_ONNX_FP16 else model
-        _check_rewritten(models[name], name)
+        try:
+            forms.check(models[name], full_check=True)  # past 2 GB: checked once saved
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise RuntimeError(f"{name} failed onnx.checker: {exc}") from exc
     return models
-
-
-def _check_rewritten(model: onnx.ModelProto, name: str) -> None:
-    """onnx.checker (full) on a rewritten file. Some files declare an output shape the graph
-    does not compute (ddddocr's common.onnx: [1, seqlen] for a [seq, 1, classes] tensor; ONNX
-    Runtime only warns); shape inference through the BQQMatMul function sees it, so those
-    declared dims are dropped (the type stays) and the file checked again."""
-    try:
-        forms.check(model, full_check=True)  # past 2 GB: checked once saved
-        return
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = exc
-    dropped = [out.name for out in model.graph.output if out.type.tensor_type.HasField("shape")]
-    for out in model.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    try:
-        forms.check(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
-        raise RuntimeError(f"{name} failed onnx.checker: {first}") from first
-    log.warning("%s: declared shapes of outputs %s contradict the graph (%s); left undeclared",
-                name, ", ".join(dropped), " ".join(str(first).split())[:160])
 
 
 def _layer_entry(cand: surgery.Candidate, weight, candidates=()) -> LayerEntry:
@@ -450,9 +433,9 @@ def _feeds_label(data: ExportData) -> str:
                                  "NAME:MIN/OPT/MAX, or give --val-data)")
 
 
-def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> None:
-    """Run the fp32 model once on feeds in ONNX Runtime, so inputs it refuses are reported
-    before minutes of solving."""
+def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> dict[str, np.ndarray]:
+    """Run the fp32 model on feeds in ONNX Runtime, so inputs it refuses are reported before
+    minutes of solving; returns the outputs of the last batch by name."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -460,8 +443,33 @@ def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> None:
     with forms.session_path(model) as what_to_load:
         session = _checked(lambda: ort.InferenceSession(
             what_to_load, options, providers=["CPUExecutionProvider"]), "ONNX Runtime (load)")
+    names = [o.name for o in session.get_outputs()]
+    outputs = {}
     for batch in feeds:
-        _checked(lambda: session.run(None, batch), what)
+        outputs = dict(zip(names, _checked(lambda: session.run(None, batch), what)))
+    return outputs
+
+
+def fix_declared_outputs(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
+    """Some files declare an output shape the graph does not compute (ddddocr's common.onnx:
+    [1, seqlen] for a [seq, 1, classes] tensor; ONNX Runtime only warns). Shape inference
+    through the BQQMatMul function sees the contradiction and the checker rejects the
+    rewritten file, so such a declaration is replaced by the rank that ran, every dim named."""
+    for value in model.graph.output:
+        array = outputs.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if array is None or not value.type.tensor_type.HasField("shape"):
+            continue
+        if len(dims) == array.ndim and all(not d.HasField("dim_value") or d.dim_value == n
+                                           or d.dim_value <= 0 for d, n in zip(dims, array.shape)):
+            continue
+        declared = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+        log.warning("%s: declared shape %s does not match what the graph computes (rank %d, "
+                    "e.g. %s); declared with named dims instead", value.name, declared,
+                    array.ndim, list(array.shape))
+        del dims[:]
+        for i in range(array.ndim):
+            dims.add().dim_param = f"{value.name}_dim{i}"
 
 
 def _checked(run, what: str):
