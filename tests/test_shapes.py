@@ -153,3 +153,27 @@ def test_bqq_build_takes_shapes_before_needing_tensorrt(tmp_path, capsys):
     assert "expected NAME:MIN/OPT/MAX" in capsys.readouterr().err
     assert build_cli.main([str(tmp_path / "b"), "--shapes", "ids:1x1/1x8/1x4"]) == 2
     assert "1 <= min <= opt <= max" in capsys.readouterr().err
+
+
+def test_a_trace_that_fixes_a_ranged_dim_is_caught_before_solving(tmp_path):
+    # float(x.shape[1]) is a Python number to the tracer: the graph divides by the traced
+    # length at every length. Checked at a second shape inside the range, before any solving.
+    from bqq_deploy import export_model
+
+    class Specialised(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(32, 32)
+
+        def forward(self, x):
+            return self.fc(x) / float(x.shape[1])
+
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match="the trace fixed a size that the shape ranges let vary"):
+        export_model(Specialised().eval(), torch.randn(2, 8, 32), tmp_path / "out", config=CONFIG,
+                     dynamic_shapes={"x": {0: "batch", 1: "seq"}})
+    assert not (tmp_path / "out").exists()
+    # with the length fixed the same model exports
+    report = export_model(Specialised().eval(), torch.randn(2, 8, 32), tmp_path / "fixed",
+                          config=CONFIG, dynamic_shapes={"x": {0: "batch"}})
+    assert report.passed

@@ -233,6 +233,8 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
     check_exported_inputs(fp32, source)
     outputs = check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data))
     fix_declared_outputs(fp32, outputs)
+    if source.kind in TRACED_KINDS:
+        check_traced_dims(source, fp32)
     timings["onnx export"] = time.perf_counter() - clock
     candidates, skipped, matches = _select_layers(source, fp32, options)
 
@@ -448,6 +450,34 @@ def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> dict[
     for batch in feeds:
         outputs = dict(zip(names, _checked(lambda: session.run(None, batch), what)))
     return outputs
+
+
+def check_traced_dims(source: SourceModel, fp32: onnx.ModelProto) -> None:
+    """A traced export is only right at other sizes if the trace recorded how each dim is
+    used; one that turned a size into a constant computes something else there, silently.
+    So the torch module and the fp32 graph run on probes at a second shape inside every
+    range (one step from opt) and must agree (max|diff| <= 1e-4 max|torch|, fp32 both)."""
+    other = [replace(spec, opt=tuple(o - 1 if o - 1 >= lo else min(o + 1, hi)
+                                      for lo, o, hi in zip(spec.min, spec.opt, spec.max)))
+             for spec in source.inputs]
+    if all(a.opt == b.opt for a, b in zip(other, source.inputs)):
+        return
+    feeds = sample_inputs(other, seed=VALIDATION_BATCHES)
+    graph = check_runs_on(fp32, [feeds], "probe inputs one step from the opt shape")
+    with torch.no_grad():
+        flat = source.module(*(torch.from_numpy(feeds[s.name]) for s in other))
+    expected = [t for t in (flat if isinstance(flat, (tuple, list)) else [flat])
+                if isinstance(t, torch.Tensor)]
+    shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.opt))}" for s in other)
+    for name, want in zip(graph, expected):
+        got, want = graph[name], want.detach().float().numpy()
+        rel = (float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+               if got.shape == want.shape else float("inf"))
+        if not rel <= PARITY_MAX_REL:
+            raise InputError(f"the exported graph is not the model at {shapes} (output {name}: "
+                             f"{'shape ' + str(got.shape) + ' vs ' + str(want.shape) if got.shape != want.shape else f'max rel {rel:.3g}'}): "
+                             "the trace fixed a size that the shape ranges let vary; give those "
+                             "dims a fixed size with --shapes, or export a .pt2 program")
 
 
 def fix_declared_outputs(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
