@@ -158,6 +158,13 @@ BQQ_HD inline float what_entry(const Layout& lay, const int32_t* y, const int32_
     return v;
 }
 
+// BQQGather's index rule: the table row an index names (negative: from the end, as ONNX
+// Gather), or -1 when it is outside [-M, M). No overflow for any int64 value.
+BQQ_HD inline int64_t gather_row(int64_t index, int32_t M) {
+    if (index < 0) index += M;
+    return index >= 0 && index < M ? index : -1;
+}
+
 }  // namespace bqq
 
 #endif  // BQQ_LAYOUT_H
