@@ -75,7 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                     ceil_div(layout.K, layout.group_cols) : 0;
     const i128 words = valid ? ceil_div(layout.rank, 32) : 0;
     const i128 want_y = blocks * layout.group_rows * words, want_z = blocks * layout.group_cols * words;
-    if (valid && g_skip_known && (want_y > INT64_MAX || want_z > INT64_MAX)) return 0;
+    if (valid && g_skip_known && (want_y > INT64_MAX || want_z > INT64_MAX || blocks * 4 > INT64_MAX)) return 0;
     const int64_t y_words = bqq_y_bits_words(&layout), z_words = bqq_z_bits_words(&layout);
     const int64_t n_scales = bqq_scale_count(&layout);
     if (!valid) {

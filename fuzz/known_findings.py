@@ -37,6 +37,7 @@ PYTHON: dict[str, dict[str, str]] = {
     },
     "pt2": {
         "AttributeError in bqq_deploy.export.loaders._load_exported": "P9: program.module() fails outside the try",
+        "TypeError in bqq_deploy.export.loaders._load_exported": "P9: program.module() fails outside the try",
     },
     "sidecar": {
         "ValueError in bqq_deploy.export.loaders._sidecar_specs": "P1: a JSON integer of > 4300 digits",
