@@ -149,8 +149,10 @@ def summary(report, out: Path) -> str:
     rows = [("layers quantised", f"{len(report.layers)} ({len(report.skipped)} left in float)"),
             ("bits per weight", f"{q['bits_per_weight']:.3f}"),
             ("quantised bytes vs fp16", f"{q['ratio_vs_fp16']:.4f}x"),
-            ("model.onnx", f"{files['model.onnx'] / 2**20:.3f} MiB "
-                           f"(fp32 original {files['original fp32 ONNX'] / 2**20:.3f} MiB)")]
+            ("model.onnx", f"{files['model.onnx'] / 2**20:.3f} MiB = "
+                           f"{files['model.onnx'] / files['original fp32 ONNX']:.3f}x the fp32 original, "
+                           f"{files['model.onnx'] / files['original fp16 ONNX (estimate)']:.3f}x fp16"),
+            ("bundle size", f"{report.sizes['bundle_bytes'] / 2**20:.3f} MiB, every file")]
     validation = report.validation
     for key, label in (("vs_bqq_reference", "ORT vs float W_hat model"),
                        ("vs_original", "ORT vs original")):

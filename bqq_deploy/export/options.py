@@ -9,6 +9,7 @@ from ..config import BQQConfig
 from ..errors import InputError
 
 TARGETS = ("onnx", "trt")
+EMBEDDINGS = ("bqq", "float")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ExportOptions:
     validation_inputs feed dicts for the accuracy section (default: random samples)
     bench_iters       timed ONNX Runtime iterations per model (0: no latency section)
     cache_dir         the solver's per-layer cache (an interrupted export resumes there)
+    embeddings        "bqq": embedding tables (Gather on a constant table) are stored packed
+                      too; "float": they stay as they are
     """
 
     config: BQQConfig = field(default_factory=BQQConfig)
@@ -36,12 +39,15 @@ class ExportOptions:
     validation_inputs: list[dict] | None = None
     bench_iters: int = 50
     cache_dir: Path | None = None
+    embeddings: str = "bqq"
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise InputError(f"--target {self.target!r}: choose one of {', '.join(TARGETS)}")
         if self.build_on_device and self.target != "trt":
             raise InputError("--build-on-device only applies to --target trt")
+        if self.embeddings not in EMBEDDINGS:
+            raise InputError(f"--embeddings {self.embeddings!r}: choose one of {', '.join(EMBEDDINGS)}")
         if self.bench_iters < 0:
             raise InputError(f"bench_iters must be >= 0, got {self.bench_iters}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
