@@ -101,8 +101,9 @@ def test_tensorrt_files_look_tables_up_with_the_bqqgather_plugin(bundle):
         model = onnx.load(str(b / name))
         (node,) = [n for n in model.graph.node if n.op_type == GATHER.op_type]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        # One stack more than the linears' 2 (ExportOptions.embedding_bits' default).
         assert attrs == {"out_features": 96, "in_features": 64, "group_rows": 16, "group_cols": 16,
-                         "rank": 8, "stacks": 2, "format_version": 1, "plugin_version": b"1",
+                         "rank": 8, "stacks": 3, "format_version": 1, "plugin_version": b"1",
                          "plugin_namespace": b"bqq"}
         assert list(node.input) == ["ids", "table.bqq.y_bits", "table.bqq.z_bits", "table.bqq.scales"]
         inits = {i.name: i for i in model.graph.initializer}

@@ -99,10 +99,14 @@ def export_bundle(source: SourceModel, out: str | Path,
         timings["calibration capture"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    weights = quantize_weights(
-        {c.layer: torch.from_numpy(c.weight) for c in candidates}, options.config,
-        biases={c.layer: torch.from_numpy(c.bias) for c in candidates if c.bias is not None},
-        calib=inputs, cache_dir=options.cache_dir, progress=options.progress)
+    weights = {}
+    for config, group in ((options.config, [c for c in candidates if c.op_type != "Gather"]),
+                          (options.embedding_config, [c for c in candidates if c.op_type == "Gather"])):
+        weights.update(quantize_weights(
+            {c.layer: torch.from_numpy(c.weight) for c in group}, config,
+            biases={c.layer: torch.from_numpy(c.bias) for c in group if c.bias is not None},
+            calib={c.layer: inputs[c.layer] for c in group if c.layer in (inputs or {})},
+            cache_dir=options.cache_dir, progress=options.progress) if group else {})
     timings["quantisation"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -154,8 +158,9 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
     for cand in found:
         if cand.node in matches:
             cand.layer = matches[cand.node].weight
+        config = options.embedding_config if cand.op_type == "Gather" else options.config
         reason = (excluded([cand.layer, cand.weight_name, cand.node], exclude=options.exclude)
-                  or too_small(*cand.shape, options.config))
+                  or too_small(*cand.shape, config))
         if reason:
             skipped.append(SkippedLayer(cand.layer, cand.node, reason))
         else:
