@@ -32,10 +32,12 @@ class BuildSettings:
 class Bundle:
     """The files of one exported model."""
 
-    PORTABLE_ONNX = "model.onnx"  # BQQMatMul as a model-local function: any ONNX Runtime
-    TRT_ONNX = "model.trt.onnx"  # BQQMatMul as TensorRT plugin nodes, fp32 activations
+    PORTABLE_ONNX = "model.onnx"  # BQQ ops as model-local functions: any ONNX Runtime
+    PORTABLE_ONNX_FP16 = "model.fp16.onnx"  # the same with fp16 activations
+    TRT_ONNX = "model.trt.onnx"  # BQQ ops as TensorRT plugin nodes, fp32 activations
     TRT_ONNX_FP16 = "model.trt.fp16.onnx"  # the same with fp16 activations
-    LAYERS = "layers.bqq.safetensors"
+    LAYERS = "layers.bqq.safetensors"  # packed layers; also the ONNX files' external data
+    WEIGHTS = "weights.bin"  # the ONNX files' other large tensors (external data), once each
     REPORT = "report.json"
     REPORT_MD = "report.md"
     README = "README.md"

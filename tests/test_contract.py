@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from bqq_deploy import kernels
-from bqq_deploy.export import contract
+from bqq_deploy import contract
 from bqq_deploy.export.function import node_attributes
 from bqq_deploy.layout import FORMAT_VERSION, Layout
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "plugins" / "bqq_matmul"
 CONTRACT = json.loads((PLUGIN_DIR / "BQQMatMul_contract.json").read_text())
+MATMUL = contract.MATMUL
 
 
 def _cpp_string_constant(source: str, name: str) -> str:
@@ -29,31 +30,33 @@ def _cpp_string_constant(source: str, name: str) -> str:
 
 
 def test_the_package_reads_the_contract_beside_the_plugin():
-    packaged = Path(contract.__file__).with_name("BQQMatMul_contract.json")
-    assert json.loads(packaged.read_text()) == CONTRACT  # a link, not a copy that can drift
+    for op in ("BQQMatMul", "BQQGather"):
+        packaged = Path(contract.__file__).with_name(f"{op}_contract.json")
+        assert packaged.resolve() == (REPO / "plugins" / op.lower().replace("bqq", "bqq_")
+                                      / f"{op}_contract.json")  # a link, not a copy that can drift
 
 
 def test_plugin_constants_match_the_contract():
     source = (PLUGIN_DIR / "BQQMatMulPlugin.h").read_text()
-    assert _cpp_string_constant(source, "kPluginName") == CONTRACT["plugin"]["name"] == contract.OP_TYPE
-    assert _cpp_string_constant(source, "kPluginVersion") == contract.PLUGIN_VERSION
-    assert _cpp_string_constant(source, "kPluginNamespace") == contract.PLUGIN_NAMESPACE
+    assert _cpp_string_constant(source, "kPluginName") == CONTRACT["plugin"]["name"] == MATMUL.op_type
+    assert _cpp_string_constant(source, "kPluginVersion") == MATMUL.plugin_version
+    assert _cpp_string_constant(source, "kPluginNamespace") == MATMUL.plugin_namespace
     # The creator lists exactly these fields, in this order; the parser drops any attribute
     # the creator does not list, so a renamed attribute would silently vanish.
     block = re.search(r"kFieldNames\{(.*?)\};", source, re.S)
     assert block, "kFieldNames not found"
-    assert tuple(re.findall(r'"([a-z_]+)"', block.group(1))) == contract.INT_ATTRIBUTES
+    assert tuple(re.findall(r'"([a-z_]+)"', block.group(1))) == MATMUL.int_attributes
 
 
 def test_exporter_writes_the_contract_attributes_in_order(make_weight):
     weight = make_weight(70, 100, 32, 16, 24, 2)
-    attrs = node_attributes(weight, plugin=True)
-    assert tuple(attrs)[:len(contract.INT_ATTRIBUTES)] == contract.INT_ATTRIBUTES
+    attrs = node_attributes(weight, MATMUL)
+    assert tuple(attrs)[:len(MATMUL.int_attributes)] == MATMUL.int_attributes
     assert attrs == {"out_features": 70, "in_features": 100, "group_rows": 32, "group_cols": 16,
                      "rank": 24, "stacks": 2, "format_version": FORMAT_VERSION,
                      "plugin_version": "1", "plugin_namespace": "bqq"}
-    assert contract.INPUTS == ("X", "y_bits", "z_bits", "scales", "bias")
-    assert contract.INPUT_DTYPES["y_bits"] == contract.INPUT_DTYPES["z_bits"] == ("int32",)
+    assert MATMUL.inputs == ("X", "y_bits", "z_bits", "scales", "bias")
+    assert MATMUL.input_dtypes["y_bits"] == MATMUL.input_dtypes["z_bits"] == ("int32",)
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 
 from bqq_deploy import load_layers
+from bqq_deploy.bundle import Bundle
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "digits_vit.pt"
 # The fast preset without the latency benchmark: ~4 s per export on a 2-core CPU.
 SETTINGS = ["--quality", "fast", "--seed", "0", "--no-validate"]
-BUNDLE_FILES = {"model.onnx", "model.trt.onnx", "model.trt.fp16.onnx", "layers.bqq.safetensors",
-                "report.json", "report.md"}
+BUNDLE_FILES = {Bundle.PORTABLE_ONNX, Bundle.PORTABLE_ONNX_FP16, Bundle.TRT_ONNX, Bundle.TRT_ONNX_FP16,
+                Bundle.LAYERS, Bundle.WEIGHTS, Bundle.REPORT, Bundle.REPORT_MD}
 
 
 def export_command(out: Path, cache: Path | None) -> list[str]:

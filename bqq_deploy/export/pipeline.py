@@ -19,7 +19,9 @@ from ..quantize import InputStatistics, quantize_weights
 from ..quantize.selection import excluded, too_small
 from ..report import ExportReport, LayerEntry, SkippedLayer
 from ..specs import sample_inputs
+from .. import contract
 from . import surgery
+from .external import onnx_bytes, write_onnx_files
 from .loaders import SourceModel
 from .onnx_export import ensure_opset, torch_to_onnx
 from .options import ExportOptions
@@ -29,9 +31,11 @@ log = logging.getLogger(__name__)
 
 CALIB_BATCH = 64
 VALIDATION_BATCHES = 4
-# (file name, surgery form) of the three ONNX files of a bundle.
-ONNX_FILES = ((Bundle.PORTABLE_ONNX, surgery.PORTABLE), (Bundle.TRT_ONNX, surgery.TENSORRT),
-              (Bundle.TRT_ONNX_FP16, surgery.TENSORRT))
+# (file name, surgery form, fp16 activations) of the ONNX files of a bundle.
+ONNX_FILES = ((Bundle.PORTABLE_ONNX, surgery.PORTABLE, False),
+              (Bundle.PORTABLE_ONNX_FP16, surgery.PORTABLE, True),
+              (Bundle.TRT_ONNX, surgery.TENSORRT, False),
+              (Bundle.TRT_ONNX_FP16, surgery.TENSORRT, True))
 
 
 def load_calibration(path: Path, source: SourceModel) -> list[dict]:
@@ -88,16 +92,21 @@ def export_bundle(source: SourceModel, out: str | Path,
     if options.calib is not None:
         clock = time.perf_counter()
         feeds = load_calibration(Path(options.calib), source)
-        inputs = surgery.capture_inputs(fp32, candidates, feeds)
+        # Embedding tables are fit data-free: their "inputs" are token ids.
+        inputs = surgery.capture_inputs(fp32, [c for c in candidates if c.op_type != "Gather"], feeds)
         calib_info = {"file": str(options.calib),
                       "samples": int(sum(len(next(iter(f.values()))) for f in feeds))}
         timings["calibration capture"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    weights = quantize_weights(
-        {c.layer: torch.from_numpy(c.weight) for c in candidates}, options.config,
-        biases={c.layer: torch.from_numpy(c.bias) for c in candidates if c.bias is not None},
-        calib=inputs, cache_dir=options.cache_dir, progress=options.progress)
+    weights = {}
+    for config, group in ((options.config, [c for c in candidates if c.op_type != "Gather"]),
+                          (options.embedding_config, [c for c in candidates if c.op_type == "Gather"])):
+        weights.update(quantize_weights(
+            {c.layer: torch.from_numpy(c.weight) for c in group}, config,
+            biases={c.layer: torch.from_numpy(c.bias) for c in group if c.bias is not None},
+            calib={c.layer: inputs[c.layer] for c in group if c.layer in (inputs or {})},
+            cache_dir=options.cache_dir, progress=options.progress) if group else {})
     timings["quantisation"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -112,9 +121,8 @@ def export_bundle(source: SourceModel, out: str | Path,
         layers=[_layer_entry(c, weights[c.layer]) for c in candidates], skipped=skipped,
         calibration=calib_info, timings_s=timings)
     with Bundle.create(out, options.force) as bundle:
-        for name, model in models.items():
-            onnx.save(model, str(bundle / name))
         save_layers(bundle / Bundle.LAYERS, {c.layer: weights[c.layer] for c in candidates})
+        write_onnx_files(bundle.root, models, Bundle.LAYERS, Bundle.WEIGHTS)
         report.sizes = _sizes(bundle, fp32, candidates, weights)
         clock = time.perf_counter()
         feeds = options.validation_inputs or [sample_inputs(source.inputs, seed=i)
@@ -141,14 +149,18 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
     """The linear layers to quantise (surgery.Candidate, named after their torch parameter
     when one matches), the ones left in float with the reason, and the torch matches."""
     found, rejected = surgery.find_candidates(fp32)
+    if options.embeddings == "bqq":
+        tables, tables_rejected = surgery.find_embeddings(fp32)
+        found, rejected = found + tables, rejected + tables_rejected
     skipped = [SkippedLayer(**entry) for entry in rejected]
     matches = match_parameters(source.module, found) if source.is_torch else {}
     candidates = []
     for cand in found:
         if cand.node in matches:
             cand.layer = matches[cand.node].weight
+        config = options.embedding_config if cand.op_type == "Gather" else options.config
         reason = (excluded([cand.layer, cand.weight_name, cand.node], exclude=options.exclude)
-                  or too_small(*cand.shape, options.config))
+                  or too_small(*cand.shape, config))
         if reason:
             skipped.append(SkippedLayer(cand.layer, cand.node, reason))
         else:
@@ -162,10 +174,10 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
 
 def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.ModelProto]:
     """The bundle's three ONNX files, each checked by onnx.checker."""
-    models = {}
-    for name, form in ONNX_FILES:
-        model = surgery.replace_with_bqq(fp32, candidates, weights, form)
-        models[name] = surgery.to_fp16(model) if name == Bundle.TRT_ONNX_FP16 else model
+    models, forms = {}, {}
+    for name, form, fp16 in ONNX_FILES:
+        forms.setdefault(form, surgery.replace_with_bqq(fp32, candidates, weights, form))
+        models[name] = surgery.to_fp16(forms[form]) if fp16 else forms[form]
         try:
             onnx.checker.check_model(models[name], full_check=True)
         except onnx.checker.ValidationError as exc:
@@ -183,20 +195,24 @@ def _layer_entry(cand: surgery.Candidate, weight) -> LayerEntry:
         group=[weight.group_rows, weight.group_cols], rank=weight.rank, stacks=weight.stacks,
         bits_per_weight=weight.bits_per_weight, weight_mse=mse,
         relative_mse=mse / max(float(w.pow(2).mean()), 1e-30),
-        bqq_node=f"{cand.layer}.BQQMatMul",
+        bqq_node=f"{cand.layer}.{(contract.GATHER if cand.op_type == 'Gather' else contract.MATMUL).op_type}",
         initializers=[f"{prefix}.{k}" for k in ("y_bits", "z_bits", "scales", "bias")],
         solver={k: v for k, v in weight.info.items() if isinstance(v, (int, float, str, bool))})
 
 
 def _sizes(bundle: Bundle, fp32: onnx.ModelProto, candidates, weights) -> dict:
+    """Whole-file bytes (each ONNX file with the external data it reads) against the fp32
+    original and its fp16 twin, the whole bundle, and the quantised layers alone."""
     files = {"original fp32 ONNX": fp32.ByteSize(),
              "original fp16 ONNX (estimate)": surgery.to_fp16(fp32).ByteSize()}
-    for name in [name for name, _ in ONNX_FILES] + [Bundle.LAYERS]:
-        files[name] = (bundle / name).stat().st_size
+    for name, _, _ in ONNX_FILES:
+        files[name] = onnx_bytes(bundle / name)
+    files[Bundle.LAYERS] = (bundle / Bundle.LAYERS).stat().st_size
     bqq_bytes = sum(weights[c.layer].nbytes for c in candidates)
     fp16_bytes = sum(2 * c.weight.size for c in candidates)
     n_weights = sum(c.weight.size for c in candidates)
     return {"files": files,
+            "bundle_bytes": sum(p.stat().st_size for p in bundle.root.rglob("*") if p.is_file()),
             "quantised_layers": {"weights": n_weights, "bqq_bytes": bqq_bytes,
                                  "fp16_bytes": fp16_bytes, "ratio_vs_fp16": bqq_bytes / fp16_bytes,
                                  "bits_per_weight": 8 * bqq_bytes / n_weights}}
