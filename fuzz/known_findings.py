@@ -6,10 +6,6 @@ then on the finding fails the smoke test if it comes back."""
 # Python targets: {target: {signature: finding}}; signatures as fuzz/pyfuzz.py writes them
 # (exception type and the innermost bqq_deploy function).
 PYTHON: dict[str, dict[str, str]] = {
-    "safetensors": {
-        "ValueError in bqq_deploy.format.load_layers": "P1: a JSON integer of > 4300 digits in the header",
-        "ValueError in bqq_deploy.format._parse_metadata": "P1: a JSON integer of > 4300 digits in __metadata__.layers",
-    },
     "npz": {
         "BadZipFile in bqq_deploy.export.pipeline.load_calibration": "P2: zip errors (cut archive, bad CRC) escape --calib",
         "error in bqq_deploy.export.pipeline.load_calibration": "P2: zlib.error (corrupt deflate) escapes --calib",
