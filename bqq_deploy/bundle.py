@@ -92,9 +92,9 @@ class Bundle:
         path = self / name
         if not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        try:  # ValueError covers bad UTF-8, bad JSON and integers too long to parse
+            return json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
 
     def read_report(self) -> ExportReport | None:

@@ -45,11 +45,8 @@ PYTHON: dict[str, dict[str, str]] = {
         "MemoryError in bqq_deploy.specs.sample_inputs": "P5: huge input dims allocate before the check",
         "ValueError in bqq_deploy.specs.sample_inputs": "P5: huge input dims (numpy: array is too big)",
     },
-    "manifest": {
-        "ValueError in bqq_deploy.bundle._read_json": "P1: a JSON integer of > 4300 digits",
-    },
+    "manifest": {},
     "engine_build": {
-        "ValueError in bqq_deploy.bundle._read_json": "P1: a JSON integer of > 4300 digits",
         "OverflowError in bqq_deploy.specs.from_dict": "P7: an infinite dimension (1e999)",
         "ValueError in bqq_deploy.specs.__post_init__": "P7: a dtype numpy rejects with ValueError ({\"v\": ...})",
         "UnicodeEncodeError in bqq_deploy.specs.__post_init__": "P7: a dtype string with a lone surrogate",
