@@ -6,15 +6,8 @@
 // ctypes.CDLL / `trtexec --staticPlugins` is BQQPluginStaticRegistration.cpp.
 #include <NvInferRuntime.h>
 
-#include "BQQMatMulPluginCreator.h"
-
-// 1 unless the build has no ../bqq_gather (plugins/bqq_matmul/CMakeLists.txt).
-#ifndef BQQ_WITH_GATHER
-#define BQQ_WITH_GATHER 1
-#endif
-#if BQQ_WITH_GATHER
 #include "BQQGatherPluginCreator.h"
-#endif
+#include "BQQMatMulPluginCreator.h"
 
 #define BQQ_TRT_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -26,12 +19,8 @@ BQQ_TRT_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 BQQ_TRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     static bqq::trt::BQQMatMulPluginCreator matmul;
-#if BQQ_WITH_GATHER
     static bqq::trt::gather::BQQGatherPluginCreator gather;
     static nvinfer1::IPluginCreatorInterface* const creators[] = {&matmul, &gather};
-#else
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&matmul};
-#endif
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

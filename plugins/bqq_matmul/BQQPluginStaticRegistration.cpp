@@ -7,15 +7,8 @@
 
 #include <string>
 
-#include "BQQMatMulPluginCreator.h"
-
-// 1 unless the build has no ../bqq_gather (plugins/bqq_matmul/CMakeLists.txt).
-#ifndef BQQ_WITH_GATHER
-#define BQQ_WITH_GATHER 1
-#endif
-#if BQQ_WITH_GATHER
 #include "BQQGatherPluginCreator.h"
-#endif
+#include "BQQMatMulPluginCreator.h"
 
 namespace
 {
@@ -64,8 +57,6 @@ private:
 };
 
 StaticRegistration<bqq::trt::BQQMatMulPluginCreator> const gMatMul;
-#if BQQ_WITH_GATHER
 StaticRegistration<bqq::trt::gather::BQQGatherPluginCreator> const gGather;
-#endif
 
 }  // namespace

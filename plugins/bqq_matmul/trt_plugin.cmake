@@ -14,14 +14,11 @@
 
 set(_bqq_trt_dir "${CMAKE_CURRENT_LIST_DIR}")
 set(_bqq_trt_core_sources "${_bqq_trt_dir}/BQQPluginCommon.cpp" "${_bqq_trt_dir}/BQQMatMulPlugin.cpp"
-    "${_bqq_trt_dir}/BQQMatMulPluginCreator.cpp")
-if(BQQ_WITH_GATHER)
-  list(APPEND _bqq_trt_core_sources "${BQQ_GATHER_DIR}/BQQGatherPlugin.cpp" "${BQQ_GATHER_DIR}/BQQGatherPluginCreator.cpp")
-endif()
+    "${_bqq_trt_dir}/BQQMatMulPluginCreator.cpp" "${BQQ_GATHER_DIR}/BQQGatherPlugin.cpp"
+    "${BQQ_GATHER_DIR}/BQQGatherPluginCreator.cpp")
 
 function(_bqq_trt_compile_settings target)
   target_include_directories(${target} PRIVATE "${_bqq_trt_dir}" "${BQQ_GATHER_DIR}")
-  target_compile_definitions(${target} PRIVATE BQQ_WITH_GATHER=$<BOOL:${BQQ_WITH_GATHER}>)
   target_compile_features(${target} PRIVATE cxx_std_17)
   set_target_properties(${target} PROPERTIES CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON
                                              POSITION_INDEPENDENT_CODE ON)
