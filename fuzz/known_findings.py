@@ -53,17 +53,3 @@ PYTHON: dict[str, dict[str, str]] = {
         "IndexError in bqq_deploy.specs.with_profile": "P7: an empty max shape with max_batch",
     },
 }
-
-# Native harnesses: {harness: [(finding, substrings that all occur in its report)]}.
-NATIVE: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "layout": [("F1: packed element counts overflow int64 for layouts bqq_layout_check accepts "
-                "(M = K = 2**31 - 1, group 1)", ("runtime error: signed integer overflow", "bqq_layout"))],
-}
-
-
-def native_known(harness: str, output: str) -> str | None:
-    """The known finding a native harness's failure report shows, if any."""
-    for finding, needles in NATIVE.get(harness, []):
-        if all(needle in output for needle in needles):
-            return finding
-    return None

@@ -5,9 +5,7 @@ native and Python harness, and prints the table fuzz/README.md records.
     python fuzz/run_long.py [--runs 10000] [--seed 1] [--out build/fuzz-long]
                             [--trt-include DIR]      # TensorRT include/: the creator harness too
 
-A native harness that stops on a known finding (fuzz/known_findings.py) is run again with
-BQQ_FUZZ_SKIP_KNOWN=1, which leaves that finding's inputs out, so the rest of its input space
-still gets its cases. Reproducers go to OUT/artifacts, the summary to OUT/summary.json.
+Reproducers go to OUT/artifacts, the summary to OUT/summary.json.
 Exit status 1 when anything new was found.
 """
 
@@ -26,7 +24,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import known_findings  # noqa: E402
 import pyfuzz  # noqa: E402
 import seeds  # noqa: E402
 
@@ -47,7 +44,7 @@ def build(compiler: str, engine: str, build_dir: Path, trt_include: Path | None)
 
 
 def run_native(binary: Path, harness: str, engine: str, seed_dir: Path, runs: int, seed: int,
-               artifacts: Path, skip_known: bool) -> dict:
+               artifacts: Path) -> dict:
     corpus = seed_dir
     if engine == "libfuzzer":  # libFuzzer adds what it finds to its first corpus folder
         corpus = artifacts / f"corpus-{engine}-{harness}"
@@ -57,15 +54,13 @@ def run_native(binary: Path, harness: str, engine: str, seed_dir: Path, runs: in
                f"-artifact_prefix={artifacts}/{engine}-{harness}-", str(corpus)]
     if harness in seeds.DICTIONARIES:
         command.insert(1, f"-dict={seeds.DICTIONARIES[harness]}")
-    env = dict(os.environ, BQQ_FUZZ_SKIP_KNOWN="1" if skip_known else "0")
     started = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, errors="replace", env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
     output = proc.stdout + proc.stderr
     done = re.search(r"Done (\d+) runs in (\d+) second", output)
-    return {"harness": harness, "engine": engine, "skip_known": skip_known, "status": proc.returncode,
+    return {"harness": harness, "engine": engine, "status": proc.returncode,
             "cases": int(done[1]) if done else None, "seconds": round(time.monotonic() - started, 1),
             "sanitizer_reports": len(SANITIZER.findall(output)),
-            "known": known_findings.native_known(harness, output) if proc.returncode else None,
             "tail": output[-3000:] if proc.returncode else ""}
 
 
@@ -90,16 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         build_dir = out / engine
         for harness in build(compiler, engine, build_dir, args.trt_include):
-            result = run_native(build_dir / f"fuzz_{harness}", harness, engine, seed_root / harness, args.runs,
-                                args.seed, artifacts, skip_known=False)
-            native.append(result)
-            if result["known"]:  # cover the rest of the input space too
-                native.append(run_native(build_dir / f"fuzz_{harness}", harness, engine, seed_root / harness,
-                                         args.runs, args.seed, artifacts, skip_known=True))
-            r = native[-1]
+            r = run_native(build_dir / f"fuzz_{harness}", harness, engine, seed_root / harness, args.runs,
+                           args.seed, artifacts)
+            native.append(r)
             print(f"{engine:9s} {harness:14s} {r['cases']} cases in {r['seconds']} s, exit {r['status']}, "
-                  f"{r['sanitizer_reports']} sanitizer reports" + (f" (known: {result['known']})" if result["known"] else ""),
-                  flush=True)
+                  f"{r['sanitizer_reports']} sanitizer reports", flush=True)
 
     python_json = out / "python.json"
     status = subprocess.run([sys.executable, str(HERE / "pyfuzz.py"), "--runs", str(args.runs), "--seed", str(args.seed),
@@ -115,15 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for r in native:
         crashed = r["status"] != 0
-        note = r["known"] or ("-" if not crashed else "NEW: " + r["tail"].strip().splitlines()[-1][:80])
-        mode = " (known skipped)" if r["skip_known"] else ""
-        print(f"| fuzz_{r['harness']}{mode} | {r['engine']} | {r['cases'] or '-'} | {int(crashed)} | "
+        note = "-" if not crashed else "NEW: " + r["tail"].strip().splitlines()[-1][:80]
+        print(f"| fuzz_{r['harness']} | {r['engine']} | {r['cases'] or '-'} | {int(crashed)} | "
               f"{r['sanitizer_reports']} | {note} |")
     for r in python["results"]:
         findings = ", ".join(sorted({(f["known"] or "NEW " + sig).split(":")[0] for sig, f in r["findings"].items()}))
         print(f"| {r['target']} | python | {r['cases']} | {sum(f['count'] for f in r['findings'].values())} | - | "
               f"{findings or '-'} |")
-    new_native = [r for r in native if r["status"] != 0 and not r["known"]]
+    new_native = [r for r in native if r["status"] != 0]
     return 1 if new_native or status != 0 else 0
 
 

@@ -81,6 +81,22 @@ def test_cpp_element_counts_equal_the_python_layout(ref_lib, layout):
     assert ref_lib.bqq_scale_count(ctypes.byref(c_layout)) == torch.Size(shapes["scales"]).numel()
 
 
+@pytest.mark.parametrize("fields,ok", [
+    ((2**31 - 1, 2**31 - 1, 1, 1, 32, 1), False),  # 2^62 words in y_bits
+    ((2**31 - 1, 2**31 - 1, 64, 64, 32, 16), False),  # 2^60
+    ((2**31 - 1, 2**31 - 1, 64, 64, 32, 4), True),  # 2^58
+    ((2**31 - 1, 2**31 - 1, 4096, 4096, 32, 1), True)])
+def test_cpp_and_python_agree_on_the_tensor_size_limit(ref_lib, fields, ok):
+    # Fields in range can still give packed tensors whose element counts overflow int64.
+    c_status = ref_lib.bqq_layout_check(ctypes.byref(kernels._Layout(*fields)))
+    try:
+        Layout.checked(dict(zip(Layout.KEYS, fields)))
+        py_ok = True
+    except ValueError:
+        py_ok = False
+    assert py_ok == ok and (c_status == kernels.BQQ_OK) == ok
+
+
 @pytest.mark.parametrize("key", Layout.KEYS)
 def test_cpp_field_limits_equal_the_python_limits(ref_lib, key):
     base = Layout(64, 64, 64, 64, 32, 2).fields

@@ -18,7 +18,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = REPO / "fuzz"
 sys.path.insert(0, str(FUZZ))
-import known_findings  # noqa: E402
 import pyfuzz  # noqa: E402
 import seeds  # noqa: E402
 
@@ -71,20 +70,11 @@ def test_native_harness_seeded_pass(native_build, harness, tmp_path):
                f"-artifact_prefix={tmp_path}/", str(native_build / "seeds" / harness)]
     if harness in seeds.DICTIONARIES:
         command.insert(1, f"-dict={seeds.DICTIONARIES[harness]}")
-    def run(skip_known: bool) -> tuple[int, str]:
-        env = dict(os.environ, BQQ_FUZZ_SKIP_KNOWN="1" if skip_known else "0")
-        proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=300, env=env)
-        return proc.returncode, proc.stdout + proc.stderr
-
-    status, output = run(skip_known=False)
-    known = known_findings.native_known(harness, output) if status else None
-    if known:  # the rest of the input space must still pass
-        status, output = run(skip_known=True)
+    proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=300)
+    status, output = proc.returncode, proc.stdout + proc.stderr
     inputs = sorted(p.name for p in tmp_path.iterdir())
     assert status == 0, f"fuzz_{harness} failed on {inputs}:\n{output[-4000:]}"
     assert f"Done {NATIVE_RUNS[harness] + len(list((native_build / 'seeds' / harness).iterdir()))} runs" in output
-    if known:
-        pytest.xfail(f"known finding {known}")
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ constexpr int32_t kMaxGroup = 4096;
 constexpr int32_t kMaxRank = 4096;
 constexpr int32_t kMaxStacks = 16;
 constexpr int32_t kWordBits = 32;  // bits per packed word (int32)
+// Most elements one packed tensor may hold: its byte count, and every offset into it, then
+// fit int64 with room to spare (docs/FORMAT.md section 1).
+constexpr int64_t kMaxTensorElements = int64_t(1) << 59;
 
 BQQ_HD constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
