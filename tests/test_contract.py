@@ -36,16 +36,18 @@ def test_the_package_reads_the_contract_beside_the_plugin():
                                       / f"{op}_contract.json")  # a link, not a copy that can drift
 
 
-def test_plugin_constants_match_the_contract():
-    source = (PLUGIN_DIR / "BQQMatMulPlugin.h").read_text()
-    assert _cpp_string_constant(source, "kPluginName") == CONTRACT["plugin"]["name"] == MATMUL.op_type
-    assert _cpp_string_constant(source, "kPluginVersion") == MATMUL.plugin_version
-    assert _cpp_string_constant(source, "kPluginNamespace") == MATMUL.plugin_namespace
+@pytest.mark.parametrize("header,op", [("bqq_matmul/BQQMatMulPlugin.h", contract.MATMUL),
+                                       ("bqq_gather/BQQGatherPlugin.h", contract.GATHER)])
+def test_plugin_constants_match_the_contract(header, op):
+    source = (REPO / "plugins" / header).read_text()
+    assert _cpp_string_constant(source, "kPluginName") == op.op_type
+    assert _cpp_string_constant(source, "kPluginVersion") == op.plugin_version
+    assert _cpp_string_constant(source, "kPluginNamespace") == op.plugin_namespace
     # The creator lists exactly these fields, in this order; the parser drops any attribute
     # the creator does not list, so a renamed attribute would silently vanish.
     block = re.search(r"kFieldNames\{(.*?)\};", source, re.S)
     assert block, "kFieldNames not found"
-    assert tuple(re.findall(r'"([a-z_]+)"', block.group(1))) == MATMUL.int_attributes
+    assert tuple(re.findall(r'"([a-z_]+)"', block.group(1))) == op.int_attributes
 
 
 def test_exporter_writes_the_contract_attributes_in_order(make_weight):
