@@ -4,7 +4,8 @@ uninterrupted run; the same model, settings and seed give byte-identical bundles
 solver cache and from a warm one.
 
 Bundles are compared file by file, byte for byte, except report.json / report.md, which
-record run times and whether a layer came from the cache (see comparable_report)."""
+record run times, whether a layer came from the cache and how many layers it was solved with
+(see comparable_report)."""
 
 from __future__ import annotations
 
@@ -49,12 +50,13 @@ def export(*jobs: tuple[Path, Path | None]) -> None:
 
 def comparable_report(report: dict) -> dict:
     """report.json without what legitimately differs between runs of the same export: the
-    phase timings, each layer's solve time and whether it came from the cache."""
+    phase timings, each layer's solve time, whether it came from the cache and how many
+    layers shared its solver batch (a resumed run solves only the layers not cached yet)."""
     report = json.loads(json.dumps(report))
     report.pop("timings_s")
     for layer in report["layers"]:
-        layer["solver"].pop("seconds")
-        layer["solver"].pop("cache_hit")
+        for key in ("seconds", "cache_hit", "batch_layers"):
+            layer["solver"].pop(key)
     return report
 
 
