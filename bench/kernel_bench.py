@@ -7,10 +7,12 @@
 2. Timings with CUDA events: warm-up, median of many runs, L2 flushed before each run when
    rows <= 64 (weights come from DRAM), queue pre-filled so launch overhead is not timed.
    Both sides do the same work, x [rows, K] fp16 times a [N, K] weight, no bias: cuBLAS
-   fp16 (torch.matmul) on a dense weight; BQQ with the fastest kernels, with the portable
-   SIMT kernels (rows <= 16; the sm_75 path), and decode-to-fp16 + cuBLAS ("dense path").
-   The smallest row count from which the dense path beats the BQQ kernel is printed: it
-   is the measured threshold for using bqq_dequantize_cuda + GEMM.
+   fp16 (torch.matmul) on a dense weight; BQQ as dispatched (cuda_matmul), the BQQ kernels
+   alone (dense path off), the dense path alone (W_hat to fp16 + cuBLASLt, inside the
+   library, from 1 row on), and the portable SIMT kernels (rows <= 16; the sm_75 path).
+   The crossover - the smallest row count from which the dense path beats the kernels at
+   every larger measured count - is printed next to the library's compiled threshold
+   (kDenseMinRows in plugins/bqq_matmul/bqq_launch.cu): the measured value belongs there.
 3. Device-to-device copy bandwidth, to put the achieved GB/s in context.
 Writes bench/results/<gpu-name>.md (atomically). Usage: python bench/kernel_bench.py [--quick]
 """
@@ -32,7 +34,7 @@ from bqq_deploy.atomic import atomic_write_bytes
 from bqq_deploy.format import BQQWeight
 from bqq_deploy.nn import reference_matmul
 
-ROWS = [1, 2, 4, 8, 16, 64, 256, 4096]
+ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 SHAPES = [(4096, 4096)]  # (N, K): the acceptance shape of issue 15
 BITS = [2, 3]
 TOLERANCE = {torch.float16: 1e-2, torch.float32: 1e-5}
@@ -124,37 +126,51 @@ def main(argv=None) -> int:
 
     copy_gbs = copy_bandwidth_gbs()
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s")
+    compiled_threshold = kernels.dense_min_rows()
+    if compiled_threshold is None:
+        print("library built without cuBLASLt: no dense path to time (set BQQ_CUBLAS_ROOT, docs/KERNELS.md)")
     lines, thresholds = [], []
     for n, k in shapes:
         dense = torch.randn(n, k, generator=gen).to("cuda", torch.float16)
         for p in BITS:
             weight = random_weight(n, k, p, args.group, args.rank, gen)
-            crossover = None
+            wins = []  # (rows, dense path faster than the kernels)
             for rows in rows_list:
                 x = torch.randn(rows, k, generator=gen).to("cuda", torch.float16)
                 out = torch.empty(rows, n, dtype=torch.float16, device="cuda")
                 flush_buf = flush if rows <= 64 else None
-                bqq_ms = median_ms(lambda: kernels.cuda_matmul(x, weight, out=out), runs, flush_buf)
+
+                def bqq():
+                    kernels.cuda_matmul(x, weight, out=out)
+
+                bqq_ms = median_ms(bqq, runs, flush_buf)
                 path = kernels.last_path()
                 dense_ms = median_ms(lambda: torch.matmul(x, dense.T), runs, flush_buf)
-                deq_ms = median_ms(lambda: torch.matmul(x, kernels.cuda_dequantize(weight).T), runs, flush_buf)
-                port_ms = float("nan")
+                kernel_ms = deq_ms = port_ms = float("nan")
+                if compiled_threshold is not None:
+                    kernels.set_dense_min_rows(kernels.DENSE_NEVER)
+                    kernel_ms = median_ms(bqq, runs, flush_buf)
+                    kernels.set_dense_min_rows(1)
+                    deq_ms = median_ms(bqq, runs, flush_buf)
+                    kernels.set_dense_min_rows(compiled_threshold)
+                    wins.append((rows, deq_ms < kernel_ms))
                 if rows <= 16:
                     kernels.set_portable(True)
-                    port_ms = median_ms(lambda: kernels.cuda_matmul(x, weight, out=out), runs, flush_buf)
+                    port_ms = median_ms(bqq, runs, flush_buf)
                     kernels.set_portable(False)
-                if crossover is None and deq_ms < bqq_ms:
-                    crossover = rows
                 io = 2 * rows * (n + k)
                 bqq_gbs = (weight.nbytes + io) / bqq_ms / 1e6
                 dense_gbs = (2 * n * k + io) / dense_ms / 1e6
-                lines.append(f"| {n} | {k} | {p} | {rows} | {path} | {bqq_ms * 1e3:.1f} | {port_ms * 1e3:.1f} | "
-                             f"{deq_ms * 1e3:.1f} | {dense_ms * 1e3:.1f} | {dense_ms / bqq_ms:.2f} | "
-                             f"{dense_ms / min(bqq_ms, deq_ms):.2f} | {bqq_gbs:.0f} | {dense_gbs:.0f} |")
+                lines.append(f"| {n} | {k} | {p} | {rows} | {path} | {bqq_ms * 1e3:.1f} | {kernel_ms * 1e3:.1f} | "
+                             f"{deq_ms * 1e3:.1f} | {port_ms * 1e3:.1f} | {dense_ms * 1e3:.1f} | "
+                             f"{dense_ms / bqq_ms:.2f} | {bqq_gbs:.0f} | {dense_gbs:.0f} |")
                 print(lines[-1], flush=True)
-            thresholds.append(f"- N={n} K={k} p={p}: decode-to-fp16 + cuBLAS beats the BQQ kernel from "
-                              f"{crossover if crossover else 'no measured'} rows on")
-            print(thresholds[-1], flush=True)
+            crossover = next((r for i, (r, _) in enumerate(wins) if all(w for _, w in wins[i:])), None)
+            if compiled_threshold is not None:
+                thresholds.append(f"- N={n} K={k} p={p}: measured crossover (dense path faster than the kernels at "
+                                  f"every larger measured row count): {crossover if crossover else 'none'} rows; "
+                                  f"compiled kDenseMinRows = {compiled_threshold}")
+                print(thresholds[-1], flush=True)
 
     name = torch.cuda.get_device_name(0)
     driver = "unknown"
@@ -174,12 +190,14 @@ def main(argv=None) -> int:
         f"- correctness first (NaN-poisoned outputs vs the Python reference): worst rel. error"
         f" fp16 {worst[torch.float16]:.2e}, fp32 {worst[torch.float32]:.2e}",
         f"- measured device-to-device copy bandwidth: {copy_gbs:.0f} GB/s (read + write)", "",
-        "| N (out) | K (in) | bits p | rows | BQQ kernel | BQQ us | portable us | decode+cuBLAS us |"
-        " cuBLAS fp16 us | speed-up (kernel) | speed-up (best) | BQQ GB/s | cuBLAS GB/s |",
+        "| N (out) | K (in) | bits p | rows | BQQ path | BQQ us | kernels us | dense path us | portable us |"
+        " cuBLAS fp16 us | speed-up | BQQ GB/s | cuBLAS GB/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *lines, "",
-        "Measured threshold for the dense path (bqq_dequantize_cuda + cuBLAS):", *thresholds, "",
-        "GB/s = (packed weight bytes, or 2*N*K for cuBLAS, + activations in and out) / time. speed-up ="
-        " cuBLAS time / BQQ time; (best) uses the faster of the BQQ kernel and the dense path.", ""]
+        "Dense-path threshold (W_hat to fp16 + cuBLASLt; kDenseMinRows in plugins/bqq_matmul/bqq_launch.cu):",
+        *(thresholds or ["- not measured: library built without cuBLASLt"]), "",
+        "BQQ us: cuda_matmul as dispatched (path in 'BQQ path'); kernels us: dense path off; dense path us:"
+        " dense path from 1 row on. GB/s = (packed weight bytes, or 2*N*K for cuBLAS, + activations in and"
+        " out) / time. speed-up = cuBLAS time / BQQ time.", ""]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
     path = args.out_dir / f"{slug}.md"
     atomic_write_bytes(path, ["\n".join(report).encode()])

@@ -32,10 +32,12 @@ class BuildSettings:
 class Bundle:
     """The files of one exported model."""
 
-    PORTABLE_ONNX = "model.onnx"  # BQQMatMul as a model-local function: any ONNX Runtime
-    TRT_ONNX = "model.trt.onnx"  # BQQMatMul as TensorRT plugin nodes, fp32 activations
+    PORTABLE_ONNX = "model.onnx"  # BQQ ops as model-local functions: any ONNX Runtime
+    PORTABLE_ONNX_FP16 = "model.fp16.onnx"  # the same with fp16 activations
+    TRT_ONNX = "model.trt.onnx"  # BQQ ops as TensorRT plugin nodes, fp32 activations
     TRT_ONNX_FP16 = "model.trt.fp16.onnx"  # the same with fp16 activations
-    LAYERS = "layers.bqq.safetensors"
+    LAYERS = "layers.bqq.safetensors"  # packed layers; also the ONNX files' external data
+    WEIGHTS = "weights.bin"  # the ONNX files' other large tensors (external data), once each
     REPORT = "report.json"
     REPORT_MD = "report.md"
     README = "README.md"
@@ -90,9 +92,9 @@ class Bundle:
         path = self / name
         if not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        try:  # ValueError covers bad UTF-8, bad JSON and integers too long to parse
+            return json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
 
     def read_report(self) -> ExportReport | None:

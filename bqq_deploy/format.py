@@ -39,9 +39,31 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(words: torch.Tensor, rank: int) -> torch.Tensor:
     """Inverse of pack_bits: int32 [..., L] -> uint8 {0,1} [..., rank]."""
+    if words.device.type == "cpu":  # numpy's table-driven unpacking: one pass, no int64 copies
+        little = np.ascontiguousarray(words.numpy(), dtype="<i4").view(np.uint8)
+        return torch.from_numpy(np.unpackbits(little, axis=-1, bitorder="little")[..., :rank])
     shifts = torch.arange(32, device=words.device, dtype=torch.int64)
     bits = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 1
     return bits.reshape(*words.shape[:-1], -1)[..., :rank].to(torch.uint8)
+
+
+# Byte value -> its 8 bits as float32, least significant first: unpacking by table lookup
+# writes the floats in one pass.
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1,
+                           bitorder="little").astype(np.float32)
+
+
+def _unpack_float(words: torch.Tensor, rank: int) -> torch.Tensor:
+    """int32 words [..., L] (CPU) -> float32 {0, 1} [..., rank]."""
+    little = np.ascontiguousarray(words.numpy(), dtype="<i4").view(np.uint8)
+    bits = torch.from_numpy(_BYTE_BITS[little])  # [..., 4L, 8]
+    return bits.reshape(*words.shape[:-1], -1)[..., :rank]
+
+
+def _popcount(words: torch.Tensor) -> torch.Tensor:
+    """Set bits per packed row: int32 words [..., L] -> float32 [...]."""
+    counts = np.bitwise_count(np.ascontiguousarray(words.numpy()).view(np.uint32))
+    return torch.from_numpy(counts.sum(-1, dtype=np.float32))
 
 
 @dataclass
@@ -116,13 +138,21 @@ class BQQWeight:
     def dequantize(self) -> torch.Tensor:
         """The dense reconstruction W_hat [M, K] in float32 (for checks and reports; the
         forward pass never builds it)."""
-        y, z = self.y(), self.z()
-        a, b, c, d = self.scales.float().unbind(-1)  # each [p, R, C]
-        blocks = (a[..., None, None] * (y @ z.transpose(-1, -2))
-                  + b[..., None, None] * y.sum(-1)[..., :, None]
-                  + c[..., None, None] * z.sum(-1)[..., None, :]
-                  + d[..., None, None]).sum(0)  # [R, C, g_r, g_c]
-        rows, cols = self.grid
+        p, rows, cols, g_r, _ = self.y_bits.shape
+        a, b, c, d = self.scales.cpu().float().unbind(-1)  # each [p, R, C]
+        # Bits unpacked straight into [R, C, g, p, l] (the packed words are 32x smaller to
+        # permute), so all stacks of a block are one product: [a_1 Y_1 .. a_p Y_p] [Z_1 .. Z_p]^T;
+        # then the row terms sum_k b_k (Y_k 1) + d_k and the column terms sum_k c_k (Z_k 1).
+        y_words, z_words = (t.cpu().permute(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
+        y_all = _unpack_float(y_words, self.rank).mul_(a.permute(1, 2, 0)[:, :, None, :, None])
+        z_all = _unpack_float(z_words, self.rank)
+        blocks = torch.bmm(y_all.reshape(rows * cols, g_r, -1),
+                           z_all.reshape(rows * cols, self.group_cols, -1).transpose(1, 2))
+        blocks = blocks.reshape(rows, cols, g_r, self.group_cols)
+        row_terms = (_popcount(y_words) * b.permute(1, 2, 0)[:, :, None, :]).sum(-1) + d.sum(0)[..., None]
+        col_terms = (_popcount(z_words) * c.permute(1, 2, 0)[:, :, None, :]).sum(-1)
+        blocks += row_terms[..., :, None]
+        blocks += col_terms[..., None, :]
         dense = blocks.permute(0, 2, 1, 3).reshape(rows * self.group_rows, cols * self.group_cols)
         return dense[: self.out_features, : self.in_features].contiguous()
 
@@ -187,27 +217,41 @@ def save_layers(path: str | os.PathLike, layers: dict[str, BQQWeight]) -> None:
     atomic_write_bytes(path, [struct.pack("<Q", len(header_bytes)), header_bytes, *blobs])
 
 
+def _read_header(handle, path: Path) -> tuple[int, dict[str, Layout], dict]:
+    """Header length, layer layouts and checked tensor entries of an open .bqq.safetensors
+    file (docs/FORMAT.md section 4); no tensor byte is read."""
+    size = os.fstat(handle.fileno()).st_size
+    if size < 8:
+        raise FormatError(f"{path}: {size} bytes, too short for a safetensors header")
+    (header_len,) = struct.unpack("<Q", handle.read(8))
+    if header_len > min(MAX_HEADER_BYTES, size - 8):
+        raise FormatError(f"{path}: header length {header_len} exceeds the file "
+                          f"({size} bytes) or the {MAX_HEADER_BYTES}-byte limit (truncated?)")
+    try:  # ValueError covers bad UTF-8, bad JSON and integers too long to parse
+        header = json.loads(handle.read(header_len))
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{path}: header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: header is not a JSON object")
+    layouts = _parse_metadata(path, header.pop("__metadata__", None))
+    return header_len, layouts, _check_entries(path, header, layouts, size - 8 - header_len)
+
+
+def tensor_spans(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """{tensor name: (offset from the start of the file, byte length)} of a validated
+    .bqq.safetensors file: where other formats (ONNX external data) can point at its bytes."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        header_len, _, entries = _read_header(handle, path)
+    return {key: (8 + header_len + start, end - start) for key, (_, _, start, end) in entries.items()}
+
+
 def load_layers(path: str | os.PathLike) -> dict[str, BQQWeight]:
     """Read a .bqq.safetensors file, validating everything listed in docs/FORMAT.md section 4
     before any tensor byte is read. Raises FormatError naming the file and tensor."""
     path = Path(path)
-    size = path.stat().st_size
     with open(path, "rb") as handle:
-        if size < 8:
-            raise FormatError(f"{path}: {size} bytes, too short for a safetensors header")
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        if header_len > min(MAX_HEADER_BYTES, size - 8):
-            raise FormatError(f"{path}: header length {header_len} exceeds the file "
-                              f"({size} bytes) or the {MAX_HEADER_BYTES}-byte limit (truncated?)")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise FormatError(f"{path}: header is not valid JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise FormatError(f"{path}: header is not a JSON object")
-        layouts = _parse_metadata(path, header.pop("__metadata__", None))
-        data_len = size - 8 - header_len
-        entries = _check_entries(path, header, layouts, data_len)
+        header_len, layouts, entries = _read_header(handle, path)
         arrays = {}
         for key, (dtype_name, shape, start, end) in entries.items():
             handle.seek(8 + header_len + start)
@@ -240,7 +284,7 @@ def _parse_metadata(path: Path, meta) -> dict[str, Layout]:
         raise FormatError(f"{path}: __metadata__.layers must be a JSON string")
     try:
         layer_fields = json.loads(meta["layers"])
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: __metadata__.layers is not valid JSON ({exc})") from None
     if not isinstance(layer_fields, dict) or not layer_fields:
         raise FormatError(f"{path}: __metadata__.layers lists no layers")

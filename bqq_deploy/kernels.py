@@ -218,7 +218,9 @@ def cuda_available() -> bool:
 def cuda_matmul(x: torch.Tensor, weight: BQQWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """y = x W_hat^T + bias with the CUDA kernels, on x's device and torch's current stream.
     x: fp16 or fp32 CUDA tensor [..., K]; the output has x's dtype. `out`, if given, is a
-    contiguous tensor of x's dtype with rows * M elements that receives the result."""
+    contiguous tensor of x's dtype with rows * M elements that receives the result. fp16 calls
+    with dense_min_rows() rows or more decode W_hat once into a workspace (allocated here) and
+    run cuBLASLt; last_path() says which path ran."""
     if x.dtype not in _DTYPES:
         raise TypeError(f"cuda_matmul supports float16 and float32 inputs, got {x.dtype}")
     if not x.is_cuda:

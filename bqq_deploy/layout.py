@@ -17,6 +17,9 @@ MAX_FEATURES = 2**31 - 1
 MAX_GROUP = 4096
 MAX_RANK = 4096
 MAX_STACKS = 16
+# Most elements one packed tensor may hold: its byte count and every offset into it then fit
+# int64 with room to spare.
+MAX_TENSOR_ELEMENTS = 2**59
 WORD_BITS = 32
 # Bits of one block's four fp16 scales (a, b, c, d).
 SCALE_BITS = 4 * 16
@@ -56,7 +59,11 @@ class Layout:
                 raise FormatError(f"{name}: field {key} must be an integer, got {value!r}")
             if not 1 <= value <= cls.LIMITS[key]:
                 raise FormatError(f"{name}: field {key}={value} outside [1, {cls.LIMITS[key]}]")
-        return cls(*(fields[key] for key in cls.KEYS))
+        layout = cls(*(fields[key] for key in cls.KEYS))
+        if max(math.prod(shape) for shape in layout.shapes().values()) > MAX_TENSOR_ELEMENTS:
+            raise FormatError(f"{name}: layout {layout.fields} gives a packed tensor of more than "
+                              "2^59 elements")
+        return layout
 
     @classmethod
     def for_weight(cls, out_features: int, in_features: int, group_shape: tuple[int, int],

@@ -17,13 +17,12 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from bqq_deploy import BQQConfig, export_model  # noqa: E402
+from bqq_deploy import BQQConfig, export_model, runtime  # noqa: E402
 from bqq_deploy.format import load_layers  # noqa: E402
 
 PARITY = 1e-4
@@ -95,8 +94,10 @@ def test_architecture_exports_with_every_linear_quantised(arch, tmp_path):
     report = export_model(model, _inputs(kind, 2, 8, seed=0), out, config=CONFIG,
                           dynamic_shapes=_dynamic(kind))
     assert report.passed, report.verdict
-    assert {layer.layer for layer in report.layers} == linears, report.skipped
-    assert report.skipped == []
+    # every linear, and the embedding tables big enough to gain (docs/ONNX.md: BQQGather)
+    assert {layer.layer for layer in report.layers if layer.onnx_op != "Gather"} == linears
+    assert all(s.onnx_node.endswith("Gather") and s.reason.startswith("too small")
+               for s in report.skipped), report.skipped
 
     # The PyTorch model with the bundle's dequantised weights, against model.onnx in ORT, at a
     # batch and sequence length other than the traced ones.
@@ -112,17 +113,17 @@ def test_architecture_exports_with_every_linear_quantised(arch, tmp_path):
     feeds = _inputs(kind, 3, 5 if kind == "text" else 0, seed=1)
     with torch.no_grad():
         expected = reference(**feeds)
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    outputs = session.run(None, {k: v.numpy() for k, v in feeds.items()})
-    assert names[0] == "last_hidden_state"
-    for name, got in zip(names, outputs):
+    backend = runtime.load(out / "model.onnx", backend="onnxruntime", providers=["CPUExecutionProvider"])
+    outputs = backend.run({k: v.numpy() for k, v in feeds.items()})
+    assert list(outputs)[0] == "last_hidden_state"
+    for name, got in outputs.items():
         want = expected[name].numpy()
         assert got.shape == want.shape, name
         rel = float(np.abs(got - want).max() / np.abs(want).max())
         assert rel <= PARITY, (name, rel)
-    # every linear is a BQQMatMul node; no float MatMul with a constant weight is left
-    graph = onnx.load(str(out / "model.onnx")).graph
+    # in the TensorRT file every linear is a BQQMatMul node; no float MatMul / Gemm with a
+    # constant weight is left
+    graph = onnx.load(str(out / "model.trt.onnx"), load_external_data=False).graph
     constants = {i.name for i in graph.initializer}
     assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
     assert sum(n.op_type == "BQQMatMul" for n in graph.node) == len(linears)

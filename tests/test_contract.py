@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from bqq_deploy import kernels
-from bqq_deploy.export import contract
+from bqq_deploy import contract
 from bqq_deploy.export.function import node_attributes
 from bqq_deploy.layout import FORMAT_VERSION, Layout
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "plugins" / "bqq_matmul"
 CONTRACT = json.loads((PLUGIN_DIR / "BQQMatMul_contract.json").read_text())
+MATMUL = contract.MATMUL
 
 
 def _cpp_string_constant(source: str, name: str) -> str:
@@ -29,31 +30,35 @@ def _cpp_string_constant(source: str, name: str) -> str:
 
 
 def test_the_package_reads_the_contract_beside_the_plugin():
-    packaged = Path(contract.__file__).with_name("BQQMatMul_contract.json")
-    assert json.loads(packaged.read_text()) == CONTRACT  # a link, not a copy that can drift
+    for op in ("BQQMatMul", "BQQGather"):
+        packaged = Path(contract.__file__).with_name(f"{op}_contract.json")
+        assert packaged.resolve() == (REPO / "plugins" / op.lower().replace("bqq", "bqq_")
+                                      / f"{op}_contract.json")  # a link, not a copy that can drift
 
 
-def test_plugin_constants_match_the_contract():
-    source = (PLUGIN_DIR / "BQQMatMulPlugin.h").read_text()
-    assert _cpp_string_constant(source, "kPluginName") == CONTRACT["plugin"]["name"] == contract.OP_TYPE
-    assert _cpp_string_constant(source, "kPluginVersion") == contract.PLUGIN_VERSION
-    assert _cpp_string_constant(source, "kPluginNamespace") == contract.PLUGIN_NAMESPACE
+@pytest.mark.parametrize("header,op", [("bqq_matmul/BQQMatMulPlugin.h", contract.MATMUL),
+                                       ("bqq_gather/BQQGatherPlugin.h", contract.GATHER)])
+def test_plugin_constants_match_the_contract(header, op):
+    source = (REPO / "plugins" / header).read_text()
+    assert _cpp_string_constant(source, "kPluginName") == op.op_type
+    assert _cpp_string_constant(source, "kPluginVersion") == op.plugin_version
+    assert _cpp_string_constant(source, "kPluginNamespace") == op.plugin_namespace
     # The creator lists exactly these fields, in this order; the parser drops any attribute
     # the creator does not list, so a renamed attribute would silently vanish.
     block = re.search(r"kFieldNames\{(.*?)\};", source, re.S)
     assert block, "kFieldNames not found"
-    assert tuple(re.findall(r'"([a-z_]+)"', block.group(1))) == contract.INT_ATTRIBUTES
+    assert tuple(re.findall(r'"([a-z_]+)"', block.group(1))) == op.int_attributes
 
 
 def test_exporter_writes_the_contract_attributes_in_order(make_weight):
     weight = make_weight(70, 100, 32, 16, 24, 2)
-    attrs = node_attributes(weight, plugin=True)
-    assert tuple(attrs)[:len(contract.INT_ATTRIBUTES)] == contract.INT_ATTRIBUTES
+    attrs = node_attributes(weight, MATMUL)
+    assert tuple(attrs)[:len(MATMUL.int_attributes)] == MATMUL.int_attributes
     assert attrs == {"out_features": 70, "in_features": 100, "group_rows": 32, "group_cols": 16,
                      "rank": 24, "stacks": 2, "format_version": FORMAT_VERSION,
                      "plugin_version": "1", "plugin_namespace": "bqq"}
-    assert contract.INPUTS == ("X", "y_bits", "z_bits", "scales", "bias")
-    assert contract.INPUT_DTYPES["y_bits"] == contract.INPUT_DTYPES["z_bits"] == ("int32",)
+    assert MATMUL.inputs == ("X", "y_bits", "z_bits", "scales", "bias")
+    assert MATMUL.input_dtypes["y_bits"] == MATMUL.input_dtypes["z_bits"] == ("int32",)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +81,22 @@ def test_cpp_element_counts_equal_the_python_layout(ref_lib, layout):
     assert ref_lib.bqq_y_bits_words(ctypes.byref(c_layout)) == torch.Size(shapes["y_bits"]).numel()
     assert ref_lib.bqq_z_bits_words(ctypes.byref(c_layout)) == torch.Size(shapes["z_bits"]).numel()
     assert ref_lib.bqq_scale_count(ctypes.byref(c_layout)) == torch.Size(shapes["scales"]).numel()
+
+
+@pytest.mark.parametrize("fields,ok", [
+    ((2**31 - 1, 2**31 - 1, 1, 1, 32, 1), False),  # 2^62 words in y_bits
+    ((2**31 - 1, 2**31 - 1, 64, 64, 32, 16), False),  # 2^60
+    ((2**31 - 1, 2**31 - 1, 64, 64, 32, 4), True),  # 2^58
+    ((2**31 - 1, 2**31 - 1, 4096, 4096, 32, 1), True)])
+def test_cpp_and_python_agree_on_the_tensor_size_limit(ref_lib, fields, ok):
+    # Fields in range can still give packed tensors whose element counts overflow int64.
+    c_status = ref_lib.bqq_layout_check(ctypes.byref(kernels._Layout(*fields)))
+    try:
+        Layout.checked(dict(zip(Layout.KEYS, fields)))
+        py_ok = True
+    except ValueError:
+        py_ok = False
+    assert py_ok == ok and (c_status == kernels.BQQ_OK) == ok
 
 
 @pytest.mark.parametrize("key", Layout.KEYS)

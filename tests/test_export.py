@@ -9,6 +9,7 @@ of accumulation while still catching any wrong bit, scale or layout (those give 
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -22,8 +23,8 @@ from bqq_deploy.config import BQQConfig
 from bqq_deploy.export import load_model
 from bqq_deploy.export import surgery
 from bqq_deploy.export import ExportOptions
-from bqq_deploy.export.contract import DOMAIN, INT_ATTRIBUTES, OP_TYPE
-from bqq_deploy.export.function import bqq_matmul_function, node_attributes
+from bqq_deploy.contract import DECODE_OP, DOMAIN, MATMUL
+from bqq_deploy.export.function import decode_function, node_attributes
 from bqq_deploy.export.loaders import SourceModel
 from bqq_deploy.export.pipeline import export_bundle, fp32_onnx
 from bqq_deploy.specs import TensorSpec, sample_inputs
@@ -81,26 +82,27 @@ def prepared(source: SourceModel):
 
 @pytest.mark.parametrize("shape", [(70, 100, 32, 16, 24, 2), (10, 64, 64, 64, 40, 3),
                                    (33, 17, 8, 16, 5, 1)])
-def test_function_matches_reference_forward(make_weight, shape):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_decode_function_rebuilds_the_dequantised_weight(make_weight, shape, dtype):
     M, K, g_r, g_c, rank, p = shape
     w = make_weight(M, K, g_r, g_c, rank, p)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, K])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, M])
+    out = helper.make_tensor_value_info("w", TensorProto.FLOAT if dtype == "float32"
+                                        else TensorProto.FLOAT16, [M, K])
     inits = [numpy_helper.from_array(w.y_bits.numpy(), "yb"),
              numpy_helper.from_array(w.z_bits.numpy(), "zb"),
-             numpy_helper.from_array(w.scales.numpy(), "sc"),
-             numpy_helper.from_array(w.bias.numpy(), "b")]
-    node = helper.make_node(OP_TYPE, ["x", "yb", "zb", "sc", "b"], ["y"], domain=DOMAIN,
-                            **node_attributes(w, plugin=False))
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 18),
-                                             helper.make_opsetid(DOMAIN, 1)],
-                              functions=[bqq_matmul_function(18)])
+             numpy_helper.from_array(w.scales.numpy(), "sc")]
+    node = helper.make_node(DECODE_OP, ["yb", "zb", "sc"], ["w"], domain=DOMAIN, **node_attributes(w))
+    model = helper.make_model(helper.make_graph([node], "g", [], [out], inits),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
+                              functions=[decode_function(18, dtype)])
     onnx.checker.check_model(model, full_check=True)
-    feed = np.random.default_rng(0).standard_normal((2, 3, K)).astype(np.float32)
-    (out,) = ort_run(model, {"x": feed})
-    ref = reference_matmul(torch.from_numpy(feed), w).numpy()
-    assert rel_err(out, ref) <= 1e-5  # docs/FORMAT.md section 3 bound for fp32 readers
+    (decoded,) = ort_run(model, {})
+    ref = w.dequantize().numpy()
+    # fp32: the same products and sums as BQQWeight.dequantize, summation order aside; fp16:
+    # one rounding of the fp32 result (relative 2^-11).
+    tol = 1e-6 if dtype == "float32" else 2 ** -11
+    assert decoded.dtype == np.dtype(dtype) and decoded.shape == (M, K)
+    assert np.abs(decoded.astype(np.float32) - ref).max() <= tol * np.abs(ref).max()
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,11 +179,11 @@ def test_tensorrt_forms_carry_plugin_nodes_only(tmp_path, make_weight):
         assert {(o.domain, o.version) for o in model.opset_import} >= {(DOMAIN, 1)}
         inits = {i.name: i for i in model.graph.initializer}
         assert not {c.weight_name for c in candidates} & set(inits)  # float weights left
-        plugin_nodes = [n for n in model.graph.node if n.op_type == OP_TYPE]
-        assert sorted(n.name for n in plugin_nodes) == sorted(f"{c.layer}.{OP_TYPE}" for c in candidates)
+        plugin_nodes = [n for n in model.graph.node if n.op_type == MATMUL.op_type]
+        assert sorted(n.name for n in plugin_nodes) == sorted(f"{c.layer}.{MATMUL.op_type}" for c in candidates)
         assert not [n for n in model.graph.node if n.op_type in ("Gemm",)]  # the head's Gemm too
         for node, cand in zip(sorted(plugin_nodes, key=lambda n: n.name),
-                              sorted(candidates, key=lambda c: f"{c.layer}.{OP_TYPE}")):
+                              sorted(candidates, key=lambda c: f"{c.layer}.{MATMUL.op_type}")):
             w = weights[cand.layer]
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             assert node.domain == DOMAIN
@@ -189,7 +191,7 @@ def test_tensorrt_forms_carry_plugin_nodes_only(tmp_path, make_weight):
                              "group_rows": 16, "group_cols": 16, "rank": 8, "stacks": 2,
                              "format_version": 1, "plugin_version": b"1", "plugin_namespace": b"bqq"}
             assert all(a.type == onnx.AttributeProto.INT for a in node.attribute
-                       if a.name in INT_ATTRIBUTES)
+                       if a.name in MATMUL.int_attributes)
             yb, zb, sc = (inits[name] for name in node.input[1:4])
             assert yb.name == f"{cand.layer}.bqq.y_bits" and zb.name == f"{cand.layer}.bqq.z_bits"
             # The packed words as they are (INT32 [..., L]), per the contract.
@@ -266,9 +268,12 @@ def test_onnx_file_path_needs_no_torch_model(tmp_path):
         "fc1": "fc1_bias", "fc2": None, "fc3": None}
     portable = onnx.load(str(out / "model.onnx"))
     names = {i.name for i in portable.graph.initializer}
-    assert not names & {"w1t", "w2", "w3", "b1", "b2"}  # float weights and folded biases gone
-    assert {"w1t.bqq.y_bits", "w2.bqq.scales", "w3.bqq.bias"} <= names
-    assert [n.op_type for n in portable.graph.node] == [OP_TYPE, "Relu", OP_TYPE, OP_TYPE]
+    assert not names & {"w1t", "w2", "w3"}  # the float weights are gone
+    assert {"w1t.bqq.y_bits", "w2.bqq.scales", "b1", "b2"} <= names
+    # The graph's own ops read weights decoded from the packed tensors (transposed where the
+    # graph stored W^T: the two MatMuls, not the Gemm with transB).
+    assert collections.Counter(n.op_type for n in portable.graph.node) == {
+        DECODE_OP: 3, "Transpose": 2, "MatMul": 2, "Add": 1, "Relu": 1, "Gemm": 1}
     parity = report["validation"]["vs_bqq_reference"]
     assert parity["passed"] and parity["outputs"][0]["max_rel"] <= PARITY
     assert "ONNX graph" in report["validation"]["vs_bqq_reference_kind"]
@@ -276,7 +281,7 @@ def test_onnx_file_path_needs_no_torch_model(tmp_path):
     assert q["fp16_bytes"] == 2 * (48 * 40 + 40 * 40 + 40 * 16)
     assert 0 < q["bqq_bytes"] < q["fp16_bytes"] and q["ratio_vs_fp16"] == q["bqq_bytes"] / q["fp16_bytes"]
     assert set(report["latency"]) == {"original fp32 ONNX", "model.onnx"}
-    assert json.loads((out / "report.json").read_text())["layers"][0]["bqq_node"].endswith(OP_TYPE)
+    assert json.loads((out / "report.json").read_text())["layers"][0]["bqq_node"].endswith(MATMUL.op_type)
     assert "## Sizes" in (out / "report.md").read_text()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +182,68 @@ def test_cuda_dequantize_and_switch_check_arguments(cuda_lib):
     before = cuda_lib.bqq_matmul_cuda_set_portable(1)
     assert cuda_lib.bqq_matmul_cuda_set_portable(before) == 1
     assert cuda_lib.bqq_matmul_cuda_last_path() == 0  # nothing ran on this thread
+
+
+# --- the tensor-core decode kernel's arithmetic, emulated (bqq_decode.cu cannot run here) ----
+
+def _phase1_bit(nt: int, col: int) -> int:  # bqq_decode.cu phase1_bit: mma column -> bit q
+    return 4 * nt + col // 2 + 16 * (col % 2)
+
+
+def _position(q: int):
+    """(convert, alpha, beta) of bit position q in phase 1 (make_phase1): a Z bit becomes the
+    fp16 value 1 + v*bit (mantissa positions), v*bit (exponent) or 1 - 2*bit (sign), and
+    T = alpha * (D - beta * s) undoes it."""
+    pd = 8 + q % 8
+    if pd <= 9:
+        return (lambda bit: 1 + bit * 2.0 ** (pd - 10)), 2.0 ** (10 - pd), 1.0
+    if pd <= 14:
+        return (lambda bit: bit * 2.0 ** (2 ** (pd - 10) - 15)), 2.0 ** (15 - 2 ** (pd - 10)), 0.0
+    return (lambda bit: 1 - 2 * bit), -0.5, 1.0
+
+
+@pytest.mark.parametrize("rank", [32, 20])
+def test_decode_fixup_arithmetic(rank):
+    """One block, stack and word of bqq_decode.cu as each thread (g, t) computes it: the
+    phase-1 products D of converted bits, the folded fix-up B2 = (a*alpha)*D + (b*s -
+    a*alpha*beta*s) rounded to fp16, this thread's share of sum(T) minus kc, the quad sum at
+    the end, and phase 2 on Y bits - against the factored forward of FORMAT.md in float64.
+    Bits past the rank are set to garbage and cleared first, as mask_past_rank does."""
+    gen = np.random.default_rng(rank)
+    gc, nrows, mrows = 64, 16, 64
+    x = gen.standard_normal((nrows, gc)).astype(np.float16).astype(np.float64)
+    z = gen.integers(0, 2, (32, gc))  # Z(q, c), all 32 positions of the word
+    y = gen.integers(0, 2, (mrows, 32))
+    z[rank:] = y[:, rank:] = 0  # mask_past_rank (the garbage never reaches the hot loop)
+    a, b, c, d = (float(np.float16(v)) for v in gen.standard_normal(4) * 0.1)
+    s = np.float32(x.sum(1))  # srow: an mma against ones
+    conv = np.array([_position(q)[0](z[q]) for q in range(32)])  # [q, c], exact in fp16
+    dmat = np.float32(x @ conv.T)  # [n, q] phase-1 accumulators
+    b2 = np.zeros((32, nrows))
+    extra = np.zeros(nrows)
+    for g in range(8):
+        part = np.zeros((4, 2))
+        for t in range(4):
+            kc = [0.0, 0.0]
+            for nt in range(4):
+                _, alpha, beta = _position(_phase1_bit(nt, 2 * t))
+                fa = np.float32(a * alpha)
+                for h in range(2):
+                    n = g + 8 * h
+                    boff = np.float32(beta * s[n])
+                    kc[h] += 2 * alpha * boff
+                    fb = np.float32(-fa * boff + np.float32(b * s[n]))
+                    for col in (2 * t, 2 * t + 1):
+                        q = _phase1_bit(nt, col)
+                        b2[q, n] = np.float16(np.float32(fa * dmat[n, q] + fb))
+                        part[t, h] += alpha * dmat[n, q]
+            for h in range(2):
+                part[t, h] -= kc[h]
+        for h in range(2):  # the quad sum after the main loop, then + d*s
+            extra[g + 8 * h] = c * part[:, h].sum() + d * s[g + 8 * h]
+    got = y @ b2 + extra  # phase 2 on {0, 1} Y values, fp32 accumulation in the kernel
+    t_exact = x @ z.T  # T = x Z^T, [n, q]
+    want = a * y @ t_exact.T + b * np.outer(y.sum(1), s) + (c * t_exact.sum(1) + d * s)[None, :]
+    # B2 is rounded to fp16 (2^-11 relative) before phase 2; the rest is fp32.
+    tol = 2.0**-10 * (y @ np.abs(b2)) + 1e-5 * np.abs(want).max()
+    assert (np.abs(got - want) <= tol).all(), float((np.abs(got - want) - tol).max())

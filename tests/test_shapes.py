@@ -103,7 +103,7 @@ def test_dynamic_sequence_reaches_the_profile_and_the_device_kit(tmp_path):
     assert (spec["min"], spec["opt"], spec["max"]) == ([1, 1], [1, 128], [DEFAULT_MAX_BATCH, 512])
     assert report.shape_ranges.startswith("defaults") and "dim 1 1..512 (opt 128)" in report.shape_ranges
     assert "vs_original" not in report.validation
-    assert [layer.layer for layer in report.layers] == ["enc.fc1", "enc.fc2"]
+    assert [layer.layer for layer in report.layers] == ["enc.fc1", "enc.fc2", "table"]  # + embedding
     # real sentences of length 12: opt follows them, the verdict rests on them
     np.savez(tmp_path / "val.npz", ids=np.random.default_rng(1).integers(0, 30, (10, 12)))
     report = _export_trt(source, tmp_path / "val", val=tmp_path / "val.npz")

@@ -1,8 +1,9 @@
-"""The TensorRT plugin's side of the BQQMatMul contract (docs/TENSORRT.md).
+"""The TensorRT plugin library (BQQMatMul and BQQGather, docs/TENSORRT.md).
 
-No TensorRT runtime exists in CI, so the plugin is compiled with -Werror against the TensorRT
-headers named in BQQ_TRT_INCLUDE_DIRS (os.pathsep-separated include/ folders; skipped when
-unset). Its constants are checked against the contract in tests/test_contract.py."""
+No TensorRT runtime exists in CI, so every plugin source of both plugins is compiled with
+-Werror against the TensorRT headers named in BQQ_TRT_INCLUDE_DIRS (os.pathsep-separated
+include/ folders; skipped when unset). The plugins' constants are checked against their
+contract files in tests/test_contract.py."""
 
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def test_plugin_compiles_against_tensorrt_headers(include_dir, tmp_path):
         pytest.skip("cmake is not installed")
     if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
         pytest.skip("nvcc is not installed (the plugin needs CUDA's headers)")
-    result = subprocess.run([str(REPO / "tools" / "trt_compile_check.sh"), include_dir, str(tmp_path / "build")],
+    build = tmp_path / "build"
+    result = subprocess.run([str(REPO / "tools" / "trt_compile_check.sh"), include_dir, str(build)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Built target bqq_trt_plugin" in result.stdout
+    objects = {p.name for p in build.rglob("*.o")}
+    for source in ("BQQPluginCommon", "BQQMatMulPlugin", "BQQMatMulPluginCreator", "BQQGatherPlugin",
+                   "BQQGatherPluginCreator", "BQQPluginLibrary", "BQQPluginStaticRegistration"):
+        assert f"{source}.cpp.o" in objects, f"{source}.cpp was not compiled"

@@ -6,10 +6,11 @@
 # log lands in bench/results/gpu-check/ and, when $OUT is set, a copy of the logs and the
 # benchmark result in $OUT. Ends with a summary; exit status 1 if any step failed.
 #
-# Steps: env, build, isa (SASS instruction counts per packed byte), tests (pytest -m gpu),
-# memcheck + racecheck (compute-sanitizer on bench/sanitizer_cases.py), bench
-# (bench/kernel_bench.py -> bench/results/<gpu>.md), quantize (seconds per million weights
-# with BQQConfig(device="cuda")). Aimed at < 8 minutes on an H200.
+# Steps: env, build, isa (SASS instruction counts per packed byte), tests (pytest -m gpu:
+# BQQMatMul paths, BQQGather, dequantize), memcheck + racecheck (compute-sanitizer on
+# bench/sanitizer_cases.py), bench (bench/kernel_bench.py -> bench/results/<gpu>.md, with the
+# measured dense-path crossover next to the compiled kDenseMinRows), quantize (seconds per
+# million weights with BQQConfig(device="cuda")). Aimed at < 8 minutes on an H200.
 #
 # Variables: PYTHON (default python3), GPU_CHECK_ARCH (e.g. 90; default: the GPU's compute
 # capability; on a machine without GPU the build and isa steps use 80 as a rehearsal),
@@ -51,8 +52,24 @@ step env 60 bash -c "nvidia-smi || true; command -v nvcc && nvcc --version | tai
   $py -c 'import torch, sys; print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"gpu\", torch.cuda.is_available() and torch.cuda.get_device_name(0))'
   echo build architecture: sm_$arch"
 
+# cuBLASLt (dense large-batch path): the toolkit's, else the one torch's CUDA wheels bring
+# (site-packages/nvidia/cu13 or nvidia/cublas), passed as BQQ_CUBLAS_ROOT.
+cublas_root=$($py - <<'PY' 2>/dev/null
+import os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+for base in nvidia.__path__:
+    for sub in ("cu13", "cublas"):
+        if os.path.isfile(os.path.join(base, sub, "include", "cublasLt.h")):
+            print(os.path.join(base, sub))
+            raise SystemExit
+PY
+)
 step build 300 bash -c "cmake -S . -B $build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=$arch \
-  -DBQQ_BUILD_TENSORRT=OFF >/dev/null && cmake --build $build --target bqq_matmul_ref bqq_matmul_cuda -j $jobs"
+  -DBQQ_BUILD_TENSORRT=OFF -DBQQ_CUBLAS_ROOT='$cublas_root' | grep -E 'bqq:' ; \
+  cmake --build $build --target bqq_matmul_ref bqq_matmul_cuda -j $jobs"
 
 # SASS of the built library where cuobjdump exists, else PTX of the kernel sources.
 step isa 120 bash -c "set -e; lib=$build/plugins/bqq_matmul/libbqq_matmul_cuda.so
@@ -87,7 +104,8 @@ echo "-- instruction counts (warp-instructions per packed byte; budget H200 ~0.2
 grep -E "per block and stack|portable (t|y)-phase, 1 row" "$logs/isa.md" 2>/dev/null | head -8
 echo "-- benchmark (4096x4096, us; speed-up = cuBLAS fp16 / BQQ):"
 grep -hE "^\| 4096 \| 4096 \| [23] \| (1|16|4096) \|" bench/results/*.md 2>/dev/null | head -6
-grep -h "dense path\|beats the BQQ kernel" "$logs/bench.log" 2>/dev/null | head -4
+echo "-- dense path (W_hat + cuBLASLt) threshold, measured vs compiled (kDenseMinRows, bqq_launch.cu):"
+grep -h "measured crossover\|without cuBLASLt\|cuBLASLt not found\|dense large-batch path" "$logs/bench.log" "$logs/build.log" 2>/dev/null | head -4
 echo "-- quantiser:"
 grep -E "^\| (fast|balanced) " "$logs/quantize.md" 2>/dev/null
 echo "-- tests:"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Compile-check the BQQMatMul TensorRT plugin against a TensorRT include directory, with
-# -Wall -Wextra -Werror, the TensorRT headers included as SYSTEM headers. Headers only: no
-# TensorRT library is needed and nothing is linked or run, so this works on a CPU-only machine
-# with nvcc (CUDA's headers are needed for cuda_runtime_api.h). Downloads nothing.
+# Compile-check the TensorRT plugin library (BQQMatMul and BQQGather) against a TensorRT
+# include directory, with -Wall -Wextra -Werror, the TensorRT headers included as SYSTEM
+# headers. Headers only: no TensorRT library is needed and nothing is linked or run, so this
+# works on a CPU-only machine with nvcc (cuda_runtime_api.h). Downloads nothing.
 #
 # usage: tools/trt_compile_check.sh TENSORRT_INCLUDE_DIR [BUILD_DIR]
 #   TENSORRT_INCLUDE_DIR  the folder holding NvInfer.h and NvInferVersion.h (e.g. the

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                        help="keep layers in float whose layer, weight or node name matches this "
                             "fnmatch pattern, e.g. 'head*' (repeatable)")
+    quant.add_argument("--embeddings", choices=("bqq", "float"), default="bqq",
+                       help="bqq: store embedding tables (Gather on a constant table) packed too; "
+                            "float: leave them as they are (default: bqq)")
+    quant.add_argument("--embedding-bits", type=int, metavar="P",
+                       help="stacks for embedding tables (default: one more than --bits)")
     quant.add_argument("--calib", type=Path, metavar="FILE.npz",
                        help="unlabeled inputs for output-aware calibration: arrays keyed by "
                             "input name, or one array for a one-input model; without --val-data "
@@ -176,7 +181,8 @@ def handle(args: argparse.Namespace) -> int:
                             force=args.force, build_on_device=args.build_on_device,
                             progress=not args.quiet and sys.stderr.isatty(),
                             bench_iters=0 if args.no_validate else 50,
-                            cache_dir=None if args.no_cache else args.cache_dir)
+                            cache_dir=None if args.no_cache else args.cache_dir,
+                            embeddings=args.embeddings, embedding_bits=args.embedding_bits)
     source = load_model(args.model, input_shapes=args.input_shape, shape_ranges=options.shapes,
                         allow_pickle=args.allow_pickle)
     report = export_bundle(source, args.output, options)
@@ -194,8 +200,10 @@ def summary(report, out: Path) -> str:
     rows = [("layers quantised", f"{len(report.layers)} ({len(report.skipped)} left in float)"),
             ("bits per weight", f"{q['bits_per_weight']:.3f}"),
             ("quantised bytes vs fp16", f"{q['ratio_vs_fp16']:.4f}x"),
-            ("model.onnx", f"{files['model.onnx'] / 2**20:.3f} MiB "
-                           f"(fp32 original {files['original fp32 ONNX'] / 2**20:.3f} MiB)")]
+            ("model.onnx", f"{files['model.onnx'] / 2**20:.3f} MiB = "
+                           f"{files['model.onnx'] / files['original fp32 ONNX']:.3f}x the fp32 original, "
+                           f"{files['model.onnx'] / files['original fp16 ONNX (estimate)']:.3f}x fp16"),
+            ("bundle size", f"{report.sizes['bundle_bytes'] / 2**20:.3f} MiB, every file")]
     if report.shape_ranges:
         rows.append(("shape ranges", report.shape_ranges))
     validation = report.validation

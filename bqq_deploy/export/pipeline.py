@@ -21,6 +21,7 @@ from ..quantize.selection import excluded, too_small
 from ..report import ExportReport, LayerEntry, SkippedLayer
 from ..specs import describe_profiles, integer_inputs, resolve_profiles, sample_inputs
 from . import forms, surgery
+from .external import onnx_bytes, write_onnx_files
 from .loaders import TRACED_KINDS, SourceModel, onnx_input_specs
 from .notices import Notices, collecting
 from .onnx_export import ensure_opset, torch_to_onnx
@@ -41,9 +42,11 @@ HOLDOUT_SEED = 0
 PARITY_MIN_COSINE, PARITY_MAX_REL = 0.99999, 1e-4
 NO_REAL_INPUTS = ("no real inputs: parity with the dequantised model only; accuracy against "
                   "the original not measured")
-# (file name, surgery form) of the three ONNX files of a bundle.
-ONNX_FILES = ((Bundle.PORTABLE_ONNX, surgery.PORTABLE), (Bundle.TRT_ONNX, surgery.TENSORRT),
-              (Bundle.TRT_ONNX_FP16, surgery.TENSORRT))
+# (file name, surgery form, fp16 activations) of the ONNX files of a bundle.
+ONNX_FILES = ((Bundle.PORTABLE_ONNX, surgery.PORTABLE, False),
+              (Bundle.PORTABLE_ONNX_FP16, surgery.PORTABLE, True),
+              (Bundle.TRT_ONNX, surgery.TENSORRT, False),
+              (Bundle.TRT_ONNX_FP16, surgery.TENSORRT, True))
 
 
 def load_rows(data, source: SourceModel, what: str = "calibration data") -> dict[str, np.ndarray]:
@@ -56,8 +59,8 @@ def load_rows(data, source: SourceModel, what: str = "calibration data") -> dict
         try:
             with np.load(data, allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{data}: not a readable .npz file ({exc})") from None
+        except Exception as exc:  # a damaged file: BadZipFile, zlib.error, EOFError, ValueError, ...
+            raise InputError(f"{data}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     elif isinstance(data, dict):
         arrays = {str(k): _as_array(v, label) for k, v in data.items()}
     elif isinstance(data, (list, tuple)) and data and all(isinstance(b, dict) for b in data):
@@ -241,15 +244,21 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
     inputs = None
     if data.calib is not None:
         clock = time.perf_counter()
-        inputs = _checked(lambda: surgery.capture_inputs(fp32, candidates, data.calib),
-                          "the calibration inputs")
+        # Embedding tables are fit data-free: their "inputs" are token ids.
+        inputs = _checked(lambda: surgery.capture_inputs(
+            fp32, [c for c in candidates if c.op_type != "Gather"], data.calib),
+            "the calibration inputs")
         timings["calibration capture"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    weights = quantize_weights(
-        {c.layer: torch.from_numpy(c.weight) for c in candidates}, options.config,
-        biases={c.layer: torch.from_numpy(c.bias) for c in candidates if c.bias is not None},
-        calib=inputs, cache_dir=options.cache_dir, progress=options.progress)
+    weights = {}
+    for config, group in ((options.config, [c for c in candidates if c.op_type != "Gather"]),
+                          (options.embedding_config, [c for c in candidates if c.op_type == "Gather"])):
+        weights.update(quantize_weights(
+            {c.layer: torch.from_numpy(c.weight) for c in group}, config,
+            biases={c.layer: torch.from_numpy(c.bias) for c in group if c.bias is not None},
+            calib={c.layer: inputs[c.layer] for c in group if c.layer in (inputs or {})},
+            cache_dir=options.cache_dir, progress=options.progress) if group else {})
     timings["quantisation"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -267,11 +276,8 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
         shape_ranges=("as given: " if options.shapes else "defaults (set them with --shapes or "
                       "dynamic_shapes): ") + describe_profiles(source.inputs))
     with Bundle.create(out, options.force) as bundle:
-        for name, model in models.items():
-            forms.save(model, bundle / name)
-            if forms.is_large(model):
-                forms.check(model, bundle / name, full_check=True)
         save_layers(bundle / Bundle.LAYERS, {c.layer: weights[c.layer] for c in candidates})
+        write_onnx_files(bundle.root, models, Bundle.LAYERS, Bundle.WEIGHTS)
         report.sizes = _sizes(bundle, fp32, _first_uses(candidates), weights)
         clock = time.perf_counter()
         report.validation, report.latency = _validate(
@@ -298,6 +304,9 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
     """The linear layers to quantise (surgery.Candidate, named after their torch parameter
     when one matches), the ones left in float with the reason, and the torch matches."""
     found, rejected = surgery.find_candidates(fp32)
+    if options.embeddings == "bqq":
+        tables, tables_rejected = surgery.find_embeddings(fp32)
+        found, rejected = found + tables, rejected + tables_rejected
     skipped = [SkippedLayer(**entry) for entry in rejected]
     matches = match_parameters(source.module, found) if source.is_torch else {}
     for cand in found:
@@ -307,8 +316,9 @@ def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOp
     for cand in found:
         if cand.layer not in reasons:
             names = [n for c in found if c.layer == cand.layer for n in c.names]
+            config = options.embedding_config if cand.op_type == "Gather" else options.config
             reasons[cand.layer] = (excluded(names, exclude=options.exclude)
-                                   or too_small(*cand.shape, options.config))
+                                   or too_small(*cand.shape, config))
     candidates = []
     for cand in found:
         if reasons[cand.layer]:
@@ -329,10 +339,10 @@ def _first_uses(candidates: list[surgery.Candidate]) -> list[surgery.Candidate]:
 
 def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.ModelProto]:
     """The bundle's three ONNX files, each checked by onnx.checker."""
-    models = {}
-    for name, form in ONNX_FILES:
-        model = surgery.replace_with_bqq(fp32, candidates, weights, form)
-        models[name] = surgery.to_fp16(model) if name == Bundle.TRT_ONNX_FP16 else model
+    models, by_form = {}, {}
+    for name, form, fp16 in ONNX_FILES:
+        by_form.setdefault(form, surgery.replace_with_bqq(fp32, candidates, weights, form))
+        models[name] = surgery.to_fp16(by_form[form]) if fp16 else by_form[form]
         try:
             forms.check(models[name], full_check=True)  # past 2 GB: checked once saved
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -357,14 +367,18 @@ def _layer_entry(cand: surgery.Candidate, weight, candidates=()) -> LayerEntry:
 
 
 def _sizes(bundle: Bundle, fp32: onnx.ModelProto, candidates, weights) -> dict:
+    """Whole-file bytes (each ONNX file with the external data it reads) against the fp32
+    original and its fp16 twin, the whole bundle, and the quantised layers alone."""
     files = {"original fp32 ONNX": fp32.ByteSize(),
              "original fp16 ONNX (estimate)": surgery.to_fp16(fp32).ByteSize()}
-    for name in [name for name, _ in ONNX_FILES] + [Bundle.LAYERS]:
-        files[name] = (bundle / name).stat().st_size
+    for name, _, _ in ONNX_FILES:
+        files[name] = onnx_bytes(bundle / name)
+    files[Bundle.LAYERS] = (bundle / Bundle.LAYERS).stat().st_size
     bqq_bytes = sum(weights[c.layer].nbytes for c in candidates)
     fp16_bytes = sum(2 * c.weight.size for c in candidates)
     n_weights = sum(c.weight.size for c in candidates)
     return {"files": files,
+            "bundle_bytes": sum(p.stat().st_size for p in bundle.root.rglob("*") if p.is_file()),
             "quantised_layers": {"weights": n_weights, "bqq_bytes": bqq_bytes,
                                  "fp16_bytes": fp16_bytes, "ratio_vs_fp16": bqq_bytes / fp16_bytes,
                                  "bits_per_weight": 8 * bqq_bytes / n_weights}}

@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..format import BQQWeight
 from ..quantize import InputStatistics
-from . import contract, forms
-from .function import bqq_matmul_function, node_attributes
+from .. import contract
+from . import forms
+from .function import decode_function, node_attributes
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class Candidate:
     def bqq_node(self) -> str:
         """Name of the BQQMatMul node that replaces this one: `<layer>.BQQMatMul`, and
         `<layer>.BQQMatMul.<use>` for the further nodes of a shared weight."""
-        base = f"{self.layer}.{contract.OP_TYPE}"
+        op = contract.GATHER if self.op_type == "Gather" else contract.MATMUL
+        base = f"{self.layer}.{op.op_type}"
         return f"{base}.{self.use}" if self.use else base
 
     @property
@@ -244,6 +246,40 @@ def _subgraph_linears(graph: onnx.GraphProto, where: str = "") -> list[dict]:
     return found
 
 
+def find_embeddings(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]]:
+    """Gather(table, indices) on axis 0 of a constant float32 2-D table with run-time indices:
+    an embedding lookup, whose table W [M rows = tokens, K = width] BQQ stores like a linear
+    weight. Returns candidates (op_type "Gather", input = the indices) and, for tables it
+    cannot take, {"layer", "onnx_node", "reason"}."""
+    graph = gs.import_onnx(model)
+    users: dict[str, list] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            users.setdefault(tensor.name, []).append(node)
+    found, rejected = [], []
+    for node in graph.nodes:
+        if node.op != "Gather" or len(node.inputs) != 2:
+            continue
+        table, indices = node.inputs
+        values = _const(table)
+        if values is None or values.ndim != 2 or isinstance(indices, gs.Constant):
+            continue
+        reason = None
+        if _attr(node, "axis", 0) != 0:
+            reason = "gathers along axis 1, not rows"
+        elif len(users[table.name]) > 1:
+            reason = (f"table {table.name} also feeds "
+                      + ", ".join(sorted({n.op for n in users[table.name] if n is not node})))
+        if reason:
+            log.info("%s: %s; left in floating point", node.name, reason)
+            rejected.append({"layer": table.name, "onnx_node": node.name, "reason": reason})
+            continue
+        found.append(Candidate(node=node.name, op_type="Gather", weight_name=table.name,
+                               weight=np.ascontiguousarray(values), bias=None, bias_name=None,
+                               bias_node=None, input=indices.name, output=node.outputs[0].name))
+    return found, rejected
+
+
 def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
                    feeds_list: list[dict]) -> dict[str, InputStatistics]:
     """Statistics of each candidate's input activations over feeds_list, by running the fp32
@@ -278,73 +314,104 @@ def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
                      weights: dict[str, BQQWeight], form: str) -> onnx.ModelProto:
-    """A copy of model with every candidate replaced by one BQQMatMul node.
+    """A copy of model in which every candidate's float weight is replaced by its packed
+    tensors (initializers `<layer>.bqq.{y_bits,z_bits,scales,bias}`).
 
-    form PORTABLE: the node calls the model-local function bqq::BQQMatMul (ONNX Runtime);
-    its bias input is always present (zeros when the layer has none), as the function body
-    adds it. form TENSORRT: plugin attributes, no function, bias only when the layer has one.
-    Names: node `<layer>.BQQMatMul`, initializers `<layer>.bqq.{y_bits,z_bits,scales,bias}`.
-    The float weights (and folded biases) leave the graph."""
-    if form not in (PORTABLE, TENSORRT):
+    form PORTABLE (ONNX Runtime): the graph keeps its own ops; each weight is the output of a
+    bqq::BQQDecode node (a model-local function) on the packed tensors, transposed where the
+    graph stored W^T, so ONNX Runtime folds the file back into the float graph when it loads
+    it. form TENSORRT: each linear becomes one BQQMatMul plugin node (bias folded in, only
+    when the layer has one) and each embedding lookup one BQQGather plugin node, with no
+    function at all."""
+    if form == PORTABLE:
+        return _substitute(model, candidates, weights, packed=True)
+    if form != TENSORRT:
         raise ValueError(f"form must be {PORTABLE!r} or {TENSORRT!r}, got {form!r}")
     graph = gs.import_onnx(model)
     nodes = {node.name: node for node in graph.nodes}
     for cand in candidates:
-        weight = weights[cand.layer]
-        node = nodes[cand.node]
-        x = node.inputs[0]
-        out_node = nodes[cand.bias_node] if cand.bias_node else node
-        out = out_node.outputs[0]
-        prefix = f"{cand.layer}.bqq"
-        inputs = [x,
-                  gs.Constant(f"{prefix}.y_bits", weight.y_bits.numpy()),
-                  gs.Constant(f"{prefix}.z_bits", weight.z_bits.numpy()),
-                  gs.Constant(f"{prefix}.scales", weight.scales.numpy().astype(np.float16))]
-        bias = weight.bias.numpy().astype(np.float32) if weight.bias is not None else None
-        if bias is None and form == PORTABLE:
-            bias = np.zeros(weight.out_features, np.float32)
-        if bias is not None:
-            inputs.append(gs.Constant(f"{prefix}.bias", bias))
-        out_node.outputs.clear()
-        node.inputs.clear()
-        if out_node is not node:
-            out_node.inputs.clear()
+        weight, node = weights[cand.layer], nodes[cand.node]
+        packed = _packed_constants(cand.layer, weight)
+        if cand.op_type == "Gather":
+            # The plugin's output has the dtype of its scales: float32 here, float16 after to_fp16.
+            packed[2] = gs.Constant(packed[2].name, weight.scales.numpy().astype(np.float32))
+            op, inputs, out = contract.GATHER, [node.inputs[1], *packed], node.outputs[0]
+            node.inputs.clear()
             node.outputs.clear()
-        graph.nodes.append(gs.Node(op=contract.OP_TYPE, name=cand.bqq_node,
-                                   domain=contract.DOMAIN,
-                                   attrs=node_attributes(weight, plugin=form == TENSORRT),
-                                   inputs=inputs, outputs=[out]))
+        else:
+            out_node = nodes[cand.bias_node] if cand.bias_node else node
+            op, inputs, out = contract.MATMUL, [node.inputs[0], *packed], out_node.outputs[0]
+            if weight.bias is not None:
+                inputs.append(gs.Constant(f"{cand.layer}.bqq.bias", weight.bias.numpy().astype(np.float32)))
+            for dropped in [node] if out_node is node else [node, out_node]:
+                dropped.inputs.clear()
+                dropped.outputs.clear()
+        graph.nodes.append(gs.Node(op=op.op_type, name=cand.bqq_node, domain=op.domain,
+                                   attrs=node_attributes(weight, op), inputs=inputs, outputs=[out]))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     result = gs.export_onnx(graph, do_type_check=False)
     result.ir_version = model.ir_version
     del result.opset_import[:]
-    result.opset_import.extend(o for o in model.opset_import if o.domain != contract.DOMAIN)
-    result.opset_import.append(helper.make_opsetid(contract.DOMAIN, contract.DOMAIN_VERSION))
+    result.opset_import.extend(model.opset_import)
     del result.functions[:]
     result.functions.extend(model.functions)
-    if form == PORTABLE:
-        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        result.functions.append(bqq_matmul_function(opset))
     del result.graph.value_info[:]  # stale after the rewrite; consumers re-infer shapes
-    return result
+    return _with_bqq_domain(result)
+
+
+def _packed_constants(layer: str, weight: BQQWeight) -> list:
+    return [gs.Constant(f"{layer}.bqq.y_bits", weight.y_bits.numpy()),
+            gs.Constant(f"{layer}.bqq.z_bits", weight.z_bits.numpy()),
+            gs.Constant(f"{layer}.bqq.scales", weight.scales.numpy())]
+
+
+def _with_bqq_domain(model: onnx.ModelProto) -> onnx.ModelProto:
+    kept = [o for o in model.opset_import if o.domain != contract.DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept + [helper.make_opsetid(contract.DOMAIN, contract.DOMAIN_VERSION)])
+    return model
 
 
 def with_weights(model: onnx.ModelProto, candidates: list[Candidate],
                  weights: dict[str, BQQWeight]) -> onnx.ModelProto:
     """A copy of model whose candidate weights are replaced by their dequantised W_hat (and
     biases by the quantiser's biases): the float reference the BQQ files must match."""
+    return _substitute(model, candidates, weights, packed=False)
+
+
+def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
+                weights: dict[str, BQQWeight], packed: bool) -> onnx.ModelProto:
+    """model with each candidate's weight and bias replaced by the quantiser's, its ops
+    unchanged: as dense W_hat initializers, or (packed) as BQQDecode nodes on the packed
+    tensors, named like the initializers they replace (so every consumer reads them)."""
     model = forms.copy_model(model)
-    inits = {init.name: init for init in model.graph.initializer}
-    nodes = {node.name: node for node in model.graph.node}
-    added: dict[str, onnx.NodeProto] = {}
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes = {node.name: node for node in graph.node}
+    decoders, added, replaced = [], {}, set()
     for cand in candidates:
-        weight = weights[cand.layer]
-        w_hat = weight.dequantize().numpy()
-        node = nodes[cand.node]
+        weight, node = weights[cand.layer], nodes[cand.node]
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        stored = w_hat if (cand.op_type == "Gemm" and trans_b) else w_hat.T
-        inits[cand.weight_name].CopyFrom(numpy_helper.from_array(
-            np.ascontiguousarray(stored, np.float32), cand.weight_name))
+        # The graph stores [M, K] for a Gather table or a Gemm with transB, else W^T.
+        transposed = not (cand.op_type == "Gather" or (cand.op_type == "Gemm" and trans_b))
+        if cand.weight_name not in replaced:
+            replaced.add(cand.weight_name)
+            if packed:
+                for const in _packed_constants(cand.layer, weight):
+                    graph.initializer.append(numpy_helper.from_array(const.values, const.name))
+                    inits[const.name] = graph.initializer[-1]
+                decoded = f"{cand.layer}.bqq.weight" if transposed else cand.weight_name
+                decoders.append(helper.make_node(
+                    contract.DECODE_OP, [f"{cand.layer}.bqq.{k}" for k in ("y_bits", "z_bits", "scales")],
+                    [decoded], name=f"{cand.layer}.{contract.DECODE_OP}", domain=contract.DOMAIN,
+                    **node_attributes(weight)))
+                if transposed:
+                    decoders.append(helper.make_node("Transpose", [decoded], [cand.weight_name],
+                                                     name=f"{cand.layer}.bqq.transpose", perm=[1, 0]))
+            else:
+                w_hat = weight.dequantize().numpy()
+                inits[cand.weight_name].CopyFrom(numpy_helper.from_array(
+                    np.ascontiguousarray(w_hat.T if transposed else w_hat, np.float32), cand.weight_name))
         if cand.bias_name is not None:
             old = numpy_helper.to_array(inits[cand.bias_name])
             new = (weight.bias.numpy() if weight.bias is not None
@@ -352,26 +419,42 @@ def with_weights(model: onnx.ModelProto, candidates: list[Candidate],
             inits[cand.bias_name].CopyFrom(numpy_helper.from_array(new.astype(np.float32),
                                                                    cand.bias_name))
         elif weight.bias is not None:  # a bias the calibration added: an Add after the node
-            bias_name = f"{cand.bqq_node}.reference_bias"
-            model.graph.initializer.append(numpy_helper.from_array(
-                weight.bias.numpy().astype(np.float32), bias_name))
-            unbiased = f"{cand.output}.bqq_reference.unbiased"
+            bias_name = f"{cand.layer}.bqq.bias"
+            if bias_name not in inits:  # once for a weight several nodes share
+                graph.initializer.append(numpy_helper.from_array(
+                    weight.bias.numpy().astype(np.float32), bias_name))
+                inits[bias_name] = graph.initializer[-1]
+            unbiased = f"{cand.output}.bqq.unbiased"
             node.output[0] = unbiased
             added[node.name] = helper.make_node("Add", [unbiased, bias_name], [cand.output],
                                                 name=f"{cand.bqq_node}.bias_add")
-    if added:  # keep the node list topologically sorted: each Add right after its node
-        ordered = []
-        for node in model.graph.node:
-            ordered += [node] + ([added[node.name]] if node.name in added else [])
-        del model.graph.node[:]
-        model.graph.node.extend(ordered)
+    if packed:  # the float weights leave the file (and the graph inputs, in old IR versions)
+        kept = [i for i in graph.initializer if i.name not in replaced]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        inputs = [i for i in graph.input if i.name not in replaced]
+        del graph.input[:]
+        graph.input.extend(inputs)
+    # Topological order: the decoders first (they read initializers only), each Add right
+    # after its node.
+    ordered = list(decoders)
+    for node in graph.node:
+        ordered += [node] + ([added[node.name]] if node.name in added else [])
+    del graph.node[:]
+    graph.node.extend(ordered)
+    if packed:
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        model.functions.append(decode_function(opset))
+        del graph.value_info[:]
+        _with_bqq_domain(model)
     return model
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with fp16 activations: float32 initializers, Constant / ConstantOfShape
     values, Cast-to-float targets and the graph inputs / outputs become float16 (for strongly
-    typed TensorRT builds, where precision comes from the tensor types)."""
+    typed TensorRT builds, where precision comes from the tensor types); the portable form's
+    BQQ functions are replaced by their float16 variants (the decoded W_hat is float16)."""
     model = forms.copy_model(model)
 
     def half(tensor: onnx.TensorProto) -> None:
@@ -413,4 +496,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         del graph.value_info[:]
 
     convert(model.graph)
+    if any(f.domain == contract.DOMAIN and f.name == contract.DECODE_OP for f in model.functions):
+        kept = [f for f in model.functions if f.domain != contract.DOMAIN]
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        del model.functions[:]
+        model.functions.extend(kept + [decode_function(opset, "float16")])
     return model

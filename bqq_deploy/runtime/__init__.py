@@ -5,7 +5,8 @@ from ..specs import TensorSpec
 from .base import Backend
 from .benchmark import LatencyResult, benchmark
 from .loading import load
+from .ort_session import ort_session
 from .validation import OutputMetrics, Tolerances, ValidationResult, validate
 
 __all__ = ["Backend", "LatencyResult", "OutputMetrics", "TensorSpec", "Tolerances",
-           "ValidationResult", "benchmark", "load", "validate"]
+           "ValidationResult", "benchmark", "load", "ort_session", "validate"]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..specs import TensorSpec
 from .base import Backend
+from .ort_session import ort_session
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -19,7 +20,8 @@ _ORT_DTYPES = {
 
 
 class OnnxRuntimeBackend(Backend):
-    """An ONNX file in ONNX Runtime; model-local functions (the portable BQQMatMul) run as-is."""
+    """An ONNX file in ONNX Runtime (a portable bundle file's packed weights decoded by
+    ort_session before the session is created)."""
 
     def __init__(self, path: Path, providers: Sequence[str] | None = None):
         import onnxruntime as ort
@@ -29,7 +31,7 @@ class OnnxRuntimeBackend(Backend):
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors arrive as exceptions; ORT's log would repeat them
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        self.session = ort_session(path, options, providers)
         self.path = Path(path)
         used = self.session.get_providers()
         self.device = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"

@@ -20,7 +20,7 @@ README_BEGIN = "<!-- bqq-engine: begin -->"
 README_END = "<!-- bqq-engine: end -->"
 # Native sources copied into a bundle, relative to the repository root (its top-level
 # CMakeLists.txt builds them; runtime/ brings the bqq-infer sample app).
-NATIVE_SOURCES = ("CMakeLists.txt", "cmake", "plugins/bqq_matmul", "plugins/bqq_gather", "runtime")
+NATIVE_SOURCES = ("CMakeLists.txt", "cmake", "plugins", "runtime")
 # The plugin library as built by build_engine.sh, relative to the bundle.
 PLUGIN_IN_BUNDLE = f"{Bundle.PLUGIN_DIR}/{BUILD_SUBDIR.as_posix()}/{PLUGIN_LIBRARY}"
 

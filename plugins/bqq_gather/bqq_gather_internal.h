@@ -1,5 +1,6 @@
 // What the CPU reference and the CUDA entry point of BQQGather share: the argument check
-// (one set of messages) and the index rule. Internal, not part of the ABI.
+// (one set of messages; the index rule, bqq::gather_row, is in bqq_layout.h). Internal, not
+// part of the ABI.
 #ifndef BQQ_GATHER_INTERNAL_H
 #define BQQ_GATHER_INTERNAL_H
 
@@ -8,13 +9,6 @@
 #include "bqq_layout.h"
 
 namespace bqq {
-
-// The table row an index names (negative: from the end, as ONNX Gather), or -1 when it is
-// outside [-M, M). No overflow for any int64 value.
-BQQ_HD inline int64_t gather_row(int64_t index, int32_t M) {
-    if (index < 0) index += M;
-    return index >= 0 && index < M ? index : -1;
-}
 
 inline size_t dtype_size(BQQDataType dtype) { return dtype == BQQ_FLOAT32 ? 4 : 2; }
 

@@ -35,8 +35,12 @@
 // Memory traffic aimed for: every packed word and scale read once from DRAM when the block
 // row fits one thread block (MT*16 == g_r); with MT*16 < g_r the Z words of a block row are
 // read by g_r/(16*MT) blocks (L2 hits). Activations: 16 x K halves per block (L2).
-// Instructions (bench/isa_count.py, docs/KERNELS.md): ~0.3 warp-instructions per packed
-// byte for 1 to 16 rows alike; the mma does the per-row work.
+// Instructions (bench/isa_count.py on sm_90 SASS, docs/KERNELS.md), g = 64, rank 32, per
+// block and stack: 0.62 warp-instructions per packed byte at MT = 4 (0.73 at MT = 2, 0.79 at
+// MT = 1), for 1 to 16 rows alike (the mma does the per-row work). The T fix-up is one FFMA
+// per value (alpha folded into a, beta*s into a per-stack offset), the c*sum(T) term is
+// reduced across the quad once at the end, and bits past the rank are cleared in shared
+// memory once per block column (mask_past_rank) instead of masked in the hot loops.
 #include <cmath>
 
 #include "bqq_kernels.cuh"
@@ -230,15 +234,26 @@ __device__ void load_slot(const DecodeArgs& A, const StageLayout& S, unsigned ch
         }
 }
 
-// Loads the 4 Z words of columns c, c+1, c+8, c+9 (word w) from a slot's [g_c][L] words.
+// Clears the bits past the rank in the last word of every Z column and Y row of a landed slot
+// (zero in valid data; FORMAT.md says every reader ignores them). Layout: Z [p][g_c][L],
+// Y [p][16*MT][L] words.
+__device__ void mask_past_rank(const Layout& lay, const StageLayout& S, unsigned char* slot, int lane, int mt) {
+    const uint32_t mask = lay.rank_mask(lay.L - 1);
+    uint32_t* z = reinterpret_cast<uint32_t*>(slot + S.z_off);
+    uint32_t* y = reinterpret_cast<uint32_t*>(slot + S.y_off);
+    for (int e = lane; e < lay.p * lay.gc; e += 32) z[(e + 1) * lay.L - 1] &= mask;
+    for (int e = lane; e < lay.p * 16 * mt; e += 32) y[(e + 1) * lay.L - 1] &= mask;
+}
+
+// Loads the 4 Z words of columns c, c+1, c+8, c+9 (word w) from zc = the word w of column c
+// in a slot's [g_c][L] words.
 template <bool kOneWord>
-__device__ __forceinline__ void z_words(const uint32_t* zk, int c, int w, int L, uint32_t (&z)[4]) {
+__device__ __forceinline__ void z_words(const uint32_t* zc, int L, uint32_t (&z)[4]) {
     if (kOneWord) {
-        const uint2 lo = *reinterpret_cast<const uint2*>(zk + c);
-        const uint2 hi = *reinterpret_cast<const uint2*>(zk + c + 8);
+        const uint2 lo = *reinterpret_cast<const uint2*>(zc);
+        const uint2 hi = *reinterpret_cast<const uint2*>(zc + 8);
         z[0] = lo.x, z[1] = lo.y, z[2] = hi.x, z[3] = hi.y;
     } else {
-        const uint32_t* zc = zk + c * L + w;
         z[0] = zc[0], z[1] = zc[L], z[2] = zc[8 * L], z[3] = zc[9 * L];
     }
 }
@@ -275,12 +290,19 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs A) {
     const Phase2Const c2 = make_phase2(t);
     const uint32_t ones = 0x3C003C00u;
     float acc[MT][2][4] = {};
-    float extra[2] = {0.f, 0.f};  // c*sum(T) + d*s for activation rows g and g + 8
+    // c*sum(T) + d*s for activation rows g and g + 8: extra holds this thread's part of the
+    // c*sum(T) term (its own T columns; the 4 threads of a quad are summed once, at the end),
+    // dsum the d*s term (the same in all 4).
+    float extra[2] = {0.f, 0.f}, dsum[2] = {0.f, 0.f};
     const bool two_halves = A.rows > 8;
 
     for (int it = 0; it < my_cols; ++it) {
         cp_async_wait_stages();
         __syncwarp();  // column it has landed (all lanes' copies); slot it - 1 is free
+        if (lay.rank % 32 != 0) {  // clear the bits past the rank once, so the hot loops need no mask
+            mask_past_rank(lay, S, slot_of(it), lane, MT);
+            __syncwarp();
+        }
         if (it + kStages - 1 < my_cols)
             load_slot(A, S, slot_of(it + kStages - 1), warp + int64_t(it + kStages - 1) * kWarps, i, r0, lane,
                       x_lane_n, x_lane_ch, x_step_n);
@@ -300,18 +322,42 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs A) {
             ldmatrix_x4(xa, x_lane + c0);
             mma16816(srow, xa, ones, ones);
         }
+        // Per block column: beta*s of this thread's D columns (alpha, beta depend only on the
+        // bit position class, the same for both columns 2t, 2t+1 of an n-tile), and
+        // kc[h] = sum over them of alpha*beta*s, what sum(T) subtracts from sum(alpha*D).
+        float boff[4][2], kc[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                boff[nt][h] = c1.beta[nt] * srow[2 * h];
+                kc[h] += 2.f * c1.alpha[nt] * boff[nt][h];
+            }
         for (int k = 0; k < lay.p; ++k) {
             const float a = __half2float(ss[4 * k]), b = __half2float(ss[4 * k + 1]);
             const float cs = __half2float(ss[4 * k + 2]), d = __half2float(ss[4 * k + 3]);
+            // B2 = a*T + b*s = (a*alpha)*D + (b*s - a*alpha*beta*s): one FFMA per value.
+            float fa[4], fb[4][2];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                fa[nt] = a * c1.alpha[nt];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) fb[nt][h] = fmaf(-fa[nt], boff[nt][h], b * srow[2 * h]);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) dsum[h] = fmaf(d, srow[2 * h], dsum[h]);
             const uint32_t* zk = zs + k * S.z_words;
             const uint32_t* yk = ys + k * S.y_words;
             for (int w = 0; w < lay.L; ++w) {
                 float d1[4][4] = {};
-                // Phase 1: 16 columns x 32 bits of Z per step.
-                for (int c0 = 0; c0 < lay.gc; c0 += 16) {
+                // Phase 1: 16 columns x 32 bits of Z per step (not unrolled: no remainder copies).
+                const __half* xp = x_lane;
+                const uint32_t* zc = zk + 2 * t * lay.L + w;
+#pragma unroll 1
+                for (int c0 = 0; c0 < lay.gc; c0 += 16, xp += 16, zc += 16 * lay.L) {
                     uint32_t xa[4], z[4];  // z: columns c0+2t, +1, +8, +9
-                    ldmatrix_x4(xa, x_lane + c0);
-                    z_words<kOneWord>(zk, c0 + 2 * t, w, lay.L, z);
+                    ldmatrix_x4(xa, xp);
+                    z_words<kOneWord>(zc, lay.L, z);
 #pragma unroll
                     for (int nt = 0; nt < 4; ++nt) {
                         const uint32_t b0 = and_or(prmt(z[0], z[1], c1.sel[nt]), c1.mask[nt], c1.bias[nt]);
@@ -319,28 +365,22 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs A) {
                         mma16816(d1[nt], xa, b0, b1);
                     }
                 }
-                // T = alpha (D - beta s), zero past the rank; B2 = a T + b s; sum(T) for the c term.
+                // B2 and this thread's part of sum(T) (c term). No rank mask: bits past the
+                // rank were cleared in the slot, and a zero Z bit gives D = s (or 0) exactly,
+                // i.e. T = 0, while a zero Y bit drops that B2 value in phase 2.
                 uint32_t b2[2][2][2];  // [phase-2 step s][row half h][slot]
-                float tsum[2] = {0.f, 0.f};
+                float tpart[2] = {-kc[0], -kc[1]};
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) {
-                    float v[4];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int h = e / 2, q = 32 * w + phase1_bit(nt, 2 * t + e % 2);
-                        const float tq = q < lay.rank ? c1.alpha[nt] * (d1[nt][e] - c1.beta[nt] * srow[2 * h]) : 0.f;
-                        tsum[h] += tq;
-                        v[e] = q < lay.rank ? a * tq + b * srow[2 * h] : 0.f;
+                    for (int h = 0; h < 2; ++h) {
+                        tpart[h] = fmaf(c1.alpha[nt], d1[nt][2 * h] + d1[nt][2 * h + 1], tpart[h]);
+                        b2[nt / 2][h][nt % 2] = pack_half2(fmaf(fa[nt], d1[nt][2 * h], fb[nt][h]),
+                                                           fmaf(fa[nt], d1[nt][2 * h + 1], fb[nt][h]));
                     }
-                    b2[nt / 2][0][nt % 2] = pack_half2(v[0], v[1]);
-                    b2[nt / 2][1][nt % 2] = pack_half2(v[2], v[3]);
                 }
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    tsum[h] += __shfl_xor_sync(0xffffffffu, tsum[h], 1);
-                    tsum[h] += __shfl_xor_sync(0xffffffffu, tsum[h], 2);
-                    extra[h] += cs * tsum[h] + (w == 0 ? d * srow[2 * h] : 0.f);
-                }
+                for (int h = 0; h < 2; ++h) extra[h] = fmaf(cs, tpart[h], extra[h]);
                 // Phase 2: 16 output rows per m-tile, 2 steps of 16 bits per word.
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
@@ -377,9 +417,14 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeArgs A) {
                 const int r = 16 * mt + g + 8 * (e / 2), n = 8 * h + 2 * t + e % 2;
                 red[(warp * 16 * MT + r) * 16 + n] = acc[mt][h][e];
             }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        extra[h] += __shfl_xor_sync(0xffffffffu, extra[h], 1);
+        extra[h] += __shfl_xor_sync(0xffffffffu, extra[h], 2);
+    }
     if (t == 0) {
-        ext[warp * 16 + g] = extra[0];
-        ext[warp * 16 + g + 8] = extra[1];
+        ext[warp * 16 + g] = extra[0] + dsum[0];
+        ext[warp * 16 + g + 8] = extra[1] + dsum[1];
     }
     __syncthreads();
     for (int e = threadIdx.x; e < A.rows * 16 * MT; e += kThreads) {

@@ -50,6 +50,20 @@ BQQStatus bqq_layout_check(const BQQLayout* layout) {
             return BQQ_ERR_INVALID_ARGUMENT;
         }
     }
+    // The largest packed tensor, in 128-bit arithmetic: fields in range can still give
+    // element counts past int64 (M = K = 2^31 - 1 with 1 x 1 blocks).
+    using u128 = unsigned __int128;
+    const u128 blocks = u128(layout->stacks) * u128(bqq::ceil_div(layout->M, layout->group_rows)) *
+                        u128(bqq::ceil_div(layout->K, layout->group_cols));
+    const u128 words = blocks * u128(layout->group_rows > layout->group_cols ? layout->group_rows
+                                                                               : layout->group_cols) *
+                       u128(bqq::ceil_div(layout->rank, bqq::kWordBits));
+    if (words > u128(bqq::kMaxTensorElements) || blocks * 4 > u128(bqq::kMaxTensorElements)) {
+        bqq_set_error("layout M=%d K=%d group %dx%d rank %d stacks %d: a packed tensor would hold "
+                      "more than 2^59 elements (docs/FORMAT.md section 1)", layout->M, layout->K,
+                      layout->group_rows, layout->group_cols, layout->rank, layout->stacks);
+        return BQQ_ERR_INVALID_ARGUMENT;
+    }
     return BQQ_OK;
 }
 

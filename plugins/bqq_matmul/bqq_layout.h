@@ -26,6 +26,9 @@ constexpr int32_t kMaxGroup = 4096;
 constexpr int32_t kMaxRank = 4096;
 constexpr int32_t kMaxStacks = 16;
 constexpr int32_t kWordBits = 32;  // bits per packed word (int32)
+// Most elements one packed tensor may hold: its byte count, and every offset into it, then
+// fit int64 with room to spare (docs/FORMAT.md section 1).
+constexpr int64_t kMaxTensorElements = int64_t(1) << 59;
 
 BQQ_HD constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -156,6 +159,13 @@ BQQ_HD inline float what_entry(const Layout& lay, const int32_t* y, const int32_
                        dot, zpop);
     }
     return v;
+}
+
+// BQQGather's index rule: the table row an index names (negative: from the end, as ONNX
+// Gather), or -1 when it is outside [-M, M). No overflow for any int64 value.
+BQQ_HD inline int64_t gather_row(int64_t index, int32_t M) {
+    if (index < 0) index += M;
+    return index >= 0 && index < M ? index : -1;
 }
 
 }  // namespace bqq
