@@ -93,6 +93,8 @@ class BQQConfig:
             raise InputError(f"flip_rounds must be >= 0, got {self.flip_rounds}")
         if self.batch_weights < 1:
             raise InputError(f"batch_weights must be >= 1, got {self.batch_weights}")
+        if self.device != "auto":
+            _check_device(self.device)
 
     @property
     def group_shape(self) -> tuple[int, int]:
@@ -126,3 +128,19 @@ PRESETS: dict[str, dict] = {
     "balanced": {},  # the dataclass defaults
     "best": {"steps": 3_000, "flip_rounds": 100, "joint_refine": True},
 }
+
+
+def _check_device(name: str) -> None:
+    """InputError unless name is a torch device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {name!r} is not a torch device ({str(exc).split('.')[0]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r}: no CUDA device is available here (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r}: the solver runs on cpu or cuda")

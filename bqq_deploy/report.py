@@ -31,6 +31,7 @@ class LayerEntry:
     bqq_node: str
     initializers: list[str]
     solver: dict = field(default_factory=dict)
+    shared_nodes: list[str] = field(default_factory=list)  # further nodes reading this weight
 
 
 @dataclass
@@ -66,6 +67,9 @@ class ExportReport:
     validation: dict = field(default_factory=dict)
     latency: dict = field(default_factory=dict)
     engine: EngineOutcome | None = None
+    shape_ranges: str = ""  # the inputs' profile ranges, and whether they are the defaults
+    verdict: dict = field(default_factory=dict)  # {"status", "passed", "note", "failures", ...}
+    warnings: list[str] = field(default_factory=list)  # one line per distinct warning
     version: int = REPORT_VERSION
 
     def to_dict(self) -> dict:
@@ -90,6 +94,11 @@ class ExportReport:
             raise InputError(f"malformed bqq-export report ({exc})") from None
 
     @property
+    def passed(self) -> bool:
+        """The verdict: parity held and every tolerance set was met (True before validation)."""
+        return self.verdict.get("passed", True)
+
+    @property
     def quantised(self) -> dict:
         """Sizes of the quantised layers: weights, bqq_bytes, fp16_bytes, ratio_vs_fp16,
         bits_per_weight."""
@@ -105,6 +114,7 @@ class ExportReport:
                  + (f", calibrated on {self.calibration['samples']} rows from "
                     f"`{self.calibration['file']}`" if self.calibration else ", data-free"),
                  "- inputs: " + ", ".join(f"`{i['name']}` {i['shape']} {i['dtype']}" for i in self.inputs),
+                 *([f"- shape ranges (min..max, opt): {self.shape_ranges}"] if self.shape_ranges else []),
                  "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings_s.items()), ""]
         files = self.sizes["files"]
         fp32, fp16 = files["original fp32 ONNX"], files["original fp16 ONNX (estimate)"]
@@ -130,6 +140,11 @@ class ExportReport:
                 f"`{s.layer}` ({s.reason})" for s in self.skipped)]
         if self.validation:
             lines += ["", "## Accuracy (ONNX Runtime, model.onnx)", ""]
+            if self.verdict:
+                lines += [f"**Verdict: {self.verdict['status']}** ({self.verdict['note']}).", ""]
+                lines += [f"- {failure}" for failure in self.verdict["failures"]]
+            inputs = self.validation.get("inputs", {})
+            lines += ["", "Checked on: " + _inputs_text(inputs) + ".", ""]
             for key, title in (("vs_bqq_reference", "Against the float model with the same "
                                 "dequantised weights (implementation parity)"),
                                ("vs_original", "Against the original model (quantisation error)")):
@@ -145,11 +160,23 @@ class ExportReport:
             lines.append("")
         if self.engine is not None:
             lines += ["## TensorRT", "", self.engine.message, ""]
+        if self.warnings:
+            lines += ["## Warnings", ""] + [f"- {w}" for w in self.warnings] + [""]
         lines += ["## Name mapping", "", "Each BQQ node and initializer is named after the layer "
                   "(`<layer>.BQQMatMul`, `<layer>.bqq.y_bits`, ...); the ONNX node and weight it "
                   "replaced are listed per layer in report.json (`layers[].onnx_node`, "
                   "`onnx_weight`, `bias_node`).", ""]
         return "\n".join(lines)
+
+
+def _inputs_text(inputs: dict) -> str:
+    """What the checks ran on, from validation["inputs"]."""
+    source = inputs.get("source", "none")
+    if source == "none":
+        return "probe inputs only (random floats, integer inputs all 1) - " + inputs.get("note", "")
+    where = f" from `{inputs['file']}`" if inputs.get("file") else ""
+    rule = f"; {inputs['rule']}" if inputs.get("rule") else ""
+    return f"{source}: {inputs.get('samples')} samples{where}{rule}"
 
 
 def _mb(nbytes: int) -> str:

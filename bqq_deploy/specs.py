@@ -1,9 +1,10 @@
 """Model inputs as every stage sees them: TensorSpec (name, shape with dynamic dims, dtype, and
-the TensorRT optimisation-profile range once chosen) and the one function that makes sample
-feeds from specs."""
+the TensorRT optimisation-profile range once chosen), the --shapes grammar and the rule that
+gives every dynamic dimension a range, and the one function that makes sample feeds."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,6 +17,11 @@ DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "u
 SAMPLE_BATCH = 2
 # Upper end of the batch range of a TensorRT profile when nothing else is said.
 DEFAULT_MAX_BATCH = 8
+# Range (min, opt, max) of a dynamic dimension other than the batch when neither --shapes nor
+# the model says otherwise. Such a dimension is nearly always a sequence length: 512 is the
+# longest sequence of the BERT family (max_position_embeddings) and of most sentence encoders,
+# 128 covers a typical sentence or short passage; real data, when given, sets opt instead.
+DEFAULT_DIM_RANGE = (1, 128, 512)
 
 
 def _static(dim) -> bool:
@@ -80,13 +86,15 @@ class TensorSpec:
             raise InputError(f"input {self.name}: no shape known to build a profile on")
         batch = int(self.shape[0]) if _static(self.shape[0]) else 1
         lo, opt, hi = [1], [batch], [max(batch, max_batch)]
-        for i, dim in enumerate(self.shape[1:], start=1):
-            if not _static(dim):
-                raise InputError(f"input {self.name}: dim {i} is dynamic ({dim!r}); give min/opt/max "
-                                 "shapes for it (only the batch dim gets a default range)")
-            for shape in (lo, opt, hi):
-                shape.append(int(dim))
+        for dim in self.shape[1:]:
+            for shape, value in zip((lo, opt, hi), (dim,) * 3 if _static(dim) else DEFAULT_DIM_RANGE):
+                shape.append(int(value))
         return tuple(lo), tuple(opt), tuple(hi)
+
+    def range_text(self) -> str:
+        """The profile as --shapes writes it: NAME:MIN/OPT/MAX."""
+        dims = lambda shape: "x".join(map(str, shape))  # noqa: E731
+        return f"{self.name}:{dims(self.min)}/{dims(self.opt)}/{dims(self.max)}"
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -121,17 +129,191 @@ def profiles(specs, max_batch: int | None = None) -> list[TensorSpec]:
 
 
 def sample_inputs(specs, seed: int = 0, batch: int = SAMPLE_BATCH) -> dict[str, np.ndarray]:
-    """Random feeds for specs (concrete_shape): floats N(0, 1), integers 0 or 1, booleans
-    True. Good for tracing and for parity between two implementations of the same model;
-    never evidence of accuracy on real data."""
+    """Probe feeds for specs (concrete_shape): floats N(0, 1); integers all 1 and booleans all
+    True, the one value every index input accepts (a token id, a mask, a type id, a position)
+    without fully masking a row. Good for tracing and for parity between two implementations
+    of the same model; never evidence of accuracy (see has_integer_inputs)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
         shape, dtype = spec.concrete_shape(batch), np.dtype(spec.dtype)
         if np.issubdtype(dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[spec.name] = np.ones(shape, dtype)
         else:
-            feeds[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+            feeds[spec.name] = np.ones(shape, dtype)
     return feeds
+
+
+def integer_inputs(specs) -> list[str]:
+    """Names of the inputs that are not floating point (token ids, masks, indices): random
+    values for them would be invented data."""
+    return [s.name for s in specs if not np.issubdtype(np.dtype(s.dtype), np.floating)]
+
+
+# --- shape ranges: --shapes NAME:MIN/OPT/MAX ------------------------------------------------
+
+_DIMS = r"\d+(?:x\d+)*"
+_RANGE_RE = re.compile(rf"^{_DIMS}(?:/{_DIMS}/{_DIMS})?$")
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """One --shapes value: the profile of one input (min = opt = max for a fixed shape)."""
+
+    name: str | None
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+    dtype: str | None = None
+
+
+def parse_shape_range(text: str) -> ShapeRange:
+    """`NAME:MIN/OPT/MAX` (each AxBxC, as trtexec's --minShapes/--optShapes/--maxShapes take
+    them, in one value), `NAME:DIMS` for a fixed shape, either with an optional `:DTYPE`
+    suffix; NAME may be left out for a one-input model and may itself contain ':'."""
+    parts = text.strip().split(":")
+    dtype = parts.pop() if len(parts) > 1 and parts[-1] in DTYPES else None
+    dims = parts.pop() if parts else ""
+    name = ":".join(parts) or None
+    usage = (f"--shapes {text!r}: expected NAME:MIN/OPT/MAX such as ids:1x1/1x128/8x512 "
+             "(or NAME:DIMS for a fixed shape, optionally with a :DTYPE suffix)")
+    if not _RANGE_RE.match(dims):
+        raise InputError(usage)
+    shapes = [tuple(int(d) for d in part.split("x")) for part in dims.split("/")]
+    if max(max(shape) for shape in shapes) >= 2**31:
+        raise InputError(f"--shapes {text!r}: a dim of 2**31 or more cannot be a tensor size")
+    lo, mid, hi = shapes if len(shapes) == 3 else shapes * 3
+    if len({len(lo), len(mid), len(hi)}) != 1:
+        raise InputError(f"--shapes {text!r}: min, opt and max need the same number of dims")
+    if any(not 1 <= a <= b <= c for a, b, c in zip(lo, mid, hi)):
+        raise InputError(f"--shapes {text!r}: need 1 <= min <= opt <= max in every dim")
+    return ShapeRange(name, lo, mid, hi, dtype)
+
+
+def specs_from_ranges(ranges) -> list[TensorSpec]:
+    """Input specs made from --shapes alone (a model that declares no input shapes): names
+    as given (unnamed: input, input_1, ...), dims that vary symbolic, the range as profile."""
+    specs = []
+    for index, rng in enumerate(ranges):
+        rng = rng if isinstance(rng, ShapeRange) else parse_shape_range(rng)
+        name = rng.name or ("input" if index == 0 else f"input_{index}")
+        shape = tuple(a if a == c else ("batch" if i == 0 else f"{name}_dim{i}")
+                      for i, (a, c) in enumerate(zip(rng.min, rng.max)))
+        specs.append(TensorSpec(name, shape, rng.dtype or "float32", rng.min, rng.opt, rng.max))
+    return specs
+
+
+def resolve_profiles(specs: list[TensorSpec], ranges=(), *, hints: dict | None = None,
+                     dim_bounds: dict | None = None, traced: bool = False) -> list[TensorSpec]:
+    """specs, each with min/opt/max for a TensorRT profile, and with every dim that has a
+    range (min < max) dynamic in its shape.
+
+    ranges: ShapeRange values (--shapes), matched by name (all unnamed: in input order). A
+    range given for one input also applies to the dims of other inputs that share its
+    symbolic name (input_ids and attention_mask share `seq`). Every other dim: a static dim
+    stays fixed; the batch (dim 0) when dynamic, or always when traced, is
+    1..max(DEFAULT_MAX_BATCH, opt) with opt its static size or 1; any other dynamic dim is
+    DEFAULT_DIM_RANGE with opt taken from hints ({input: shape} of real data) and the bounds
+    clipped to dim_bounds ({symbol: (min, max)}, e.g. a torch.export Dim's range).
+
+    traced: the specs describe a torch module still to be traced (torch.onnx), so their static
+    sizes are sample sizes, not constraints: a range may replace any of them, and the batch
+    becomes dynamic. Raises InputError naming the problem."""
+    ranges = list(ranges)
+    by_name = _match_ranges(specs, ranges)
+    symbols: dict[str, tuple[int, int, int]] = {}
+    for spec in specs:
+        rng = by_name.get(spec.name)
+        if rng is None:
+            continue
+        if spec.shape and len(spec.shape) != len(rng.min):
+            raise InputError(f"--shapes {spec.name}: {len(rng.min)} dims given, the input has "
+                             f"{len(spec.shape)} ({list(spec.shape)})")
+        for i, dim in enumerate(spec.shape):
+            given = (rng.min[i], rng.opt[i], rng.max[i])
+            if _static(dim) and not traced and given != (dim,) * 3:
+                raise InputError(f"--shapes {spec.name}: dim {i} is fixed at {dim} in the model, "
+                                 f"got {given[0]}/{given[1]}/{given[2]}")
+            if isinstance(dim, str) and dim != "?":
+                if symbols.setdefault(dim, given) != given:
+                    raise InputError(f"--shapes: dim {dim!r} is shared by several inputs but "
+                                     f"given two ranges, {symbols[dim]} and {given}")
+    hints, dim_bounds = hints or {}, dim_bounds or {}
+    out = []
+    for spec in specs:
+        rng = by_name.get(spec.name)
+        if rng is not None:
+            lo, mid, hi = rng.min, rng.opt, rng.max
+        else:  # a spec without dims is a scalar (its profile is empty)
+            dims = []
+            for i, dim in enumerate(spec.shape):
+                hint = hints.get(spec.name)
+                dims.append(_default_range(i, dim, traced, hint[i] if hint is not None
+                                           and len(hint) > i else None, dim_bounds))
+                if isinstance(dim, str) and dim != "?":  # inputs sharing a dim share its range
+                    dims[-1] = symbols.setdefault(dim, dims[-1])
+            lo, mid, hi = (tuple(d[k] for d in dims) for k in range(3)) if dims else ((), (), ())
+        shape = tuple(_profiled_dim(spec, i, d, a, c)
+                      for i, (d, a, c) in enumerate(zip(spec.shape or (None,) * len(lo), lo, hi)))
+        dtype = rng.dtype if rng is not None and rng.dtype else spec.dtype
+        out.append(replace(spec, shape=shape, dtype=dtype, min=tuple(lo), opt=tuple(mid), max=tuple(hi)))
+    return out
+
+
+def _profiled_dim(spec: TensorSpec, i: int, dim, lo: int, hi: int):
+    """The dim as the shape records it once it has the range lo..hi."""
+    if lo == hi:
+        return dim if dim is not None and dim != "?" else lo
+    if _static(dim) or dim is None or dim == "?":
+        return "batch" if i == 0 else f"{spec.name}_dim{i}"
+    return dim
+
+
+def _match_ranges(specs: list[TensorSpec], ranges: list[ShapeRange]) -> dict[str, ShapeRange]:
+    names = [spec.name for spec in specs]
+    if not ranges:
+        return {}
+    if all(r.name is None for r in ranges):
+        if len(ranges) > len(names):
+            raise InputError(f"--shapes: {len(ranges)} unnamed shapes for {len(names)} input(s) "
+                             f"({', '.join(names)})")
+        return {name: rng for name, rng in zip(names, ranges)}
+    if any(r.name is None for r in ranges):
+        raise InputError("--shapes: give names for all inputs or for none")
+    by_name = {}
+    for rng in ranges:
+        if rng.name not in names:
+            raise InputError(f"--shapes: the model has no input {rng.name!r} (inputs: {', '.join(names)})")
+        if rng.name in by_name:
+            raise InputError(f"--shapes: input {rng.name!r} given twice")
+        by_name[rng.name] = rng
+    return by_name
+
+
+def _default_range(i: int, dim, batch_dynamic: bool, hint: int | None,
+                   dim_bounds: dict) -> tuple[int, int, int]:
+    if i == 0 and (batch_dynamic or not _static(dim)):
+        opt = int(dim) if _static(dim) else 1
+        lo, hi = 1, max(DEFAULT_MAX_BATCH, opt)
+    elif _static(dim):
+        return (int(dim),) * 3
+    else:
+        lo, opt, hi = DEFAULT_DIM_RANGE
+        if hint is not None:
+            opt, hi = int(hint), max(hi, int(hint))
+    bounds = dim_bounds.get(dim) if isinstance(dim, str) else None
+    if bounds is not None:
+        lo = max(lo, bounds[0])
+        hi = min(hi, bounds[1]) if bounds[1] is not None else hi
+        opt = min(max(opt, lo), hi)
+    return lo, opt, hi
+
+
+def describe_profiles(specs: list[TensorSpec]) -> str:
+    """One line: each input's dynamic dims as min..max (opt N)."""
+    parts = []
+    for spec in specs:
+        dims = [f"dim {i} {a}..{c} (opt {b})" for i, (a, b, c) in
+                enumerate(zip(spec.min, spec.opt, spec.max)) if a != c]
+        parts.append(f"{spec.name}: " + (", ".join(dims) if dims else "fixed " + "x".join(map(str, spec.opt))))
+    return "; ".join(parts)

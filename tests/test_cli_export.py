@@ -41,7 +41,7 @@ def test_export_torchscript_bundle(tmp_path, capsys):
                                   "reason": "--exclude head.*"}]
     assert len(report["layers"]) == 6 and report["validation"]["vs_bqq_reference"]["passed"]
     summary = capsys.readouterr().out
-    assert "quantised bytes vs fp16" in summary and "ORT vs float W_hat model" in summary
+    assert "quantised bytes vs fp16" in summary and "parity vs float W_hat model" in summary and "verdict" in summary
     assert _leftovers(out.parent) == []
     # an existing non-empty bundle is refused, then replaced with --force
     assert main([str(model), "-o", str(out), *FAST]) == 2
@@ -179,3 +179,31 @@ def test_console_script_subprocess(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "not a valid ONNX model" in proc.stderr
     help_text = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "examples:" in help_text and "--allow-pickle" in help_text
+
+
+def test_warnings_are_summarised_once_with_what_they_concern(tmp_path, capsys):
+    # A mask constant beyond the fp16 range (-1e9, as attention masks are written) is clipped
+    # in model.trt.fp16.onnx: one line in the summary naming the tensor, nothing in between.
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("Add", ["h", "mask"], ["y"], name="masked")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.where(np.arange(32) < 16, 0, -1e9).astype(np.float32)[None], "mask")])
+    path = tmp_path / "masked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    assert main([str(path), "-o", str(tmp_path / "out"), "--quality", "fast", "--group-size", "16",
+                 "--no-validate"]) == 0
+    out, err = capsys.readouterr()
+    assert "clipped" not in err
+    (line,) = [line for line in out.splitlines() if "clipped" in line]
+    assert "fp16 file: values beyond the fp16 range are clipped (concerns mask)" in line
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["warnings"] == [line.strip().lstrip("- ")]
+    assert "## Warnings" in (tmp_path / "out" / "report.md").read_text()

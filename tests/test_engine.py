@@ -52,8 +52,9 @@ def test_input_profiles_from_export_specs_and_ranges():
     # dynamic as docs/CLI.md promises, so --max-batch still sets the upper end.
     (p,) = profiles([{"name": "x", "shape": [2, 4]}], max_batch=16)
     assert (p.min, p.opt, p.max) == ((1, 4), (2, 4), (16, 4))
-    with pytest.raises(ValueError, match="dim 1 is dynamic"):
-        profiles([{"name": "x", "shape": [1, "seq"]}])
+    # Another dynamic dim gets the default range (a sequence: 1..512, opt 128).
+    (p,) = profiles([{"name": "x", "shape": [1, "seq"]}])
+    assert (p.min, p.opt, p.max) == ((1, 1), (1, 128), (DEFAULT_MAX_BATCH, 512))
     with pytest.raises(ValueError, match="min <= opt <= max"):
         profiles([{"name": "x", "min": [4], "opt": [2], "max": [8]}])
 

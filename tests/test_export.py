@@ -301,7 +301,11 @@ def test_calibration_changes_weights_and_lowers_output_error(tmp_path):
         config=config, progress=False, bench_iters=0)).to_dict()
     tuned = export_bundle(source, tmp_path / "tuned", ExportOptions(
         config=config, calib=tmp_path / "calib.npz", progress=False, bench_iters=0)).to_dict()
-    assert tuned["calibration"]["samples"] == 256
+    # Without --val-data, 20% of the calibration rows (51 of 256) are held out for the verdict.
+    assert tuned["calibration"]["samples"] == 205
+    assert tuned["validation"]["inputs"]["source"] == "calibration hold-out"
+    assert tuned["validation"]["inputs"]["samples"] == 51 and "vs_original" in tuned["validation"]
+    assert "vs_original" not in plain["validation"]  # no real inputs: accuracy not measured
     (ref,) = ort_run(model, {"x": calib})
     errors = {}
     for name in ("plain", "tuned"):

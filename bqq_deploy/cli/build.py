@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from .. import trt
 from ..bundle import Bundle
 from ..errors import InputError
-from ..specs import DEFAULT_MAX_BATCH
+from ..specs import DEFAULT_MAX_BATCH, parse_shape_range, resolve_profiles
 from .common import add_verbosity, run
 
 PROG = "bqq-build"
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch", type=int, metavar="N",
                         help="largest batch of the optimisation profile (default: the bundle's "
                              f"engine_build.json, else {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN/OPT/MAX",
+                        help="replace the profile range of an input, as bqq-export --shapes "
+                             "(default: the bundle's engine_build.json)")
     parser.add_argument("--workspace-mb", type=int, metavar="MB",
                         help="TensorRT workspace limit (default: the bundle's, else TensorRT's)")
     parser.add_argument("--timing-cache", type=Path, metavar="FILE",
@@ -59,9 +63,15 @@ def handle(args: argparse.Namespace) -> int:
         raise InputError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.workspace_mb is not None and args.workspace_mb < 1:
         raise InputError(f"--workspace-mb must be >= 1, got {args.workspace_mb}")
+    input_specs = None
+    if args.shapes:  # the stored shapes (symbolic dims included), with the new ranges
+        stored = Bundle(args.bundle).read_build_settings().inputs
+        input_specs = resolve_profiles([replace(s, min=None, opt=None, max=None) for s in stored],
+                                       [parse_shape_range(text) for text in args.shapes])
     manifest = trt.build_engine(args.bundle, plugin_path=args.plugin, precision=args.precision,
-                                max_batch=args.max_batch, workspace_mb=args.workspace_mb,
-                                timing_cache=args.timing_cache, log=log)
+                                input_specs=input_specs, max_batch=args.max_batch,
+                                workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
+                                log=log)
     log.info("engine: %s (%s, TensorRT %s, %s sm_%s)", args.bundle / Bundle.ENGINE,
              manifest["precision"], manifest["tensorrt_version"], manifest["gpu"]["name"],
              manifest["gpu"]["compute_capability"].replace(".", ""))

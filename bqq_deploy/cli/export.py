@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import CheckFailed, InputError
+from ..specs import DEFAULT_DIM_RANGE, DEFAULT_MAX_BATCH
 from .common import add_verbosity, run
 
 PROG = "bqq-export"
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stacks for embedding tables (default: one more than --bits)")
     quant.add_argument("--calib", type=Path, metavar="FILE.npz",
                        help="unlabeled inputs for output-aware calibration: arrays keyed by "
-                            "input name, or one array for a one-input model")
+                            "input name, or one array for a one-input model; without --val-data "
+                            "20%% of its rows are held out for the verdict")
     cache = quant.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, default=default_cache_dir(), metavar="DIR",
                        help="finished layers are kept here, so an interrupted or repeated export "
@@ -86,9 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="input shape such as 2x16x128 or ids:1x128:int64 (repeatable, one "
                             "per input); overrides shapes from the file or its .json sidecar; "
                             "the first dimension is the batch and stays dynamic")
+    model.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN/OPT/MAX",
+                       help="shape range of an input for the TensorRT profile, as trtexec's "
+                            "--minShapes/--optShapes/--maxShapes in one value, e.g. "
+                            "input_ids:1x1/1x128/8x512 (repeatable; NAME:DIMS for a fixed shape; "
+                            "inputs sharing a dynamic dim share its range). Default: batch "
+                            f"1..{DEFAULT_MAX_BATCH} (opt 1), other dynamic dims "
+                            f"{DEFAULT_DIM_RANGE[0]}..{DEFAULT_DIM_RANGE[2]} (opt "
+                            f"{DEFAULT_DIM_RANGE[1]}, or the size in the validation data)")
     model.add_argument("--allow-pickle", action="store_true",
                        help="load a pickled nn.Module (torch.save(model)); unpickling runs "
                             "arbitrary code from the file, so only use files you trust")
+    check = parser.add_argument_group("validation (docs/CLI.md: what the verdict rests on)")
+    check.add_argument("--val-data", type=Path, metavar="FILE.npz",
+                       help="real model inputs the verdict is measured on (arrays keyed by input "
+                            "name, first dim = samples); default: the rows held out of --calib, "
+                            "else none (parity only, accuracy not measured)")
+    check.add_argument("--min-cosine", type=_tolerance, metavar="X",
+                       help="fail (exit 1) when an output's cosine similarity to the original "
+                            "model is below X on the validation data (default: off)")
+    check.add_argument("--max-rel", type=_tolerance, metavar="X",
+                       help="fail when max|BQQ - original| / max|original| exceeds X (default: off)")
+    check.add_argument("--min-top1", type=_tolerance, metavar="X",
+                       help="fail when the top-1 agreement of a logits output is below X "
+                            "(default: off)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--build-on-device", action="store_true",
                         help="--target trt: do not build an engine here even if TensorRT is "
@@ -97,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the latency benchmark at the end (accuracy checks still run)")
     add_verbosity(parser)
     return parser
+
+
+def _tolerance(text: str) -> float | None:
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+    if value != value:  # NaN
+        raise argparse.ArgumentTypeError("expected a number, got nan")
+    return value
 
 
 def _group_size(text: str):
@@ -133,19 +168,29 @@ def make_config(args: argparse.Namespace):
 
 def handle(args: argparse.Namespace) -> int:
     from ..export import ExportOptions, export_bundle, load_model
+    from ..runtime import Tolerances
 
-    if args.calib is not None and not args.calib.is_file():
-        raise InputError(f"{args.calib}: calibration file not found")
+    for flag, path in (("--calib", args.calib), ("--val-data", args.val_data)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{path}: {flag} file not found")
+    if not args.no_cache and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise InputError(f"--cache-dir {args.cache_dir}: exists and is not a directory")
     options = ExportOptions(config=make_config(args), target=args.target, exclude=args.exclude,
-                            calib=args.calib, force=args.force,
-                            build_on_device=args.build_on_device, progress=not args.quiet,
+                            calib=args.calib, val=args.val_data, shapes=args.shapes,
+                            tolerances=Tolerances(args.min_cosine, args.max_rel, args.min_top1),
+                            force=args.force, build_on_device=args.build_on_device,
+                            progress=not args.quiet and sys.stderr.isatty(),
                             bench_iters=0 if args.no_validate else 50,
                             cache_dir=None if args.no_cache else args.cache_dir,
                             embeddings=args.embeddings, embedding_bits=args.embedding_bits)
-    source = load_model(args.model, input_shapes=args.input_shape, allow_pickle=args.allow_pickle)
+    source = load_model(args.model, input_shapes=args.input_shape, shape_ranges=options.shapes,
+                        allow_pickle=args.allow_pickle)
     report = export_bundle(source, args.output, options)
     if not args.quiet:
         print(summary(report, args.output))
+    if not report.passed:
+        raise CheckFailed("verdict FAILED: " + "; ".join(report.verdict["failures"])
+                          + f" (report: {args.output / 'report.md'})")
     return 0
 
 
@@ -159,9 +204,16 @@ def summary(report, out: Path) -> str:
                            f"{files['model.onnx'] / files['original fp32 ONNX']:.3f}x the fp32 original, "
                            f"{files['model.onnx'] / files['original fp16 ONNX (estimate)']:.3f}x fp16"),
             ("bundle size", f"{report.sizes['bundle_bytes'] / 2**20:.3f} MiB, every file")]
+    if report.shape_ranges:
+        rows.append(("shape ranges", report.shape_ranges))
     validation = report.validation
-    for key, label in (("vs_bqq_reference", "ORT vs float W_hat model"),
-                       ("vs_original", "ORT vs original")):
+    inputs = validation.get("inputs", {})
+    if inputs:
+        rows.append(("checked on", "probe inputs only (random floats, integer inputs all 1)"
+                     if inputs["source"] == "none" else f"{inputs['source']}, "
+                     f"{inputs['samples']} samples" + (f" ({inputs['rule']})" if inputs.get("rule") else "")))
+    for key, label in (("vs_bqq_reference", "parity vs float W_hat model"),
+                       ("vs_original", "vs original")):
         for output in validation.get(key, {}).get("outputs", []):
             top1 = "" if output["top1"] is None else f", top-1 {output['top1']:.3f}"
             rows.append((f"{label} [{output['name']}]",
@@ -171,6 +223,12 @@ def summary(report, out: Path) -> str:
     if report.engine is not None:
         rows.append(("tensorrt", report.engine.message))
     rows.append(("bundle", f"{out}  (report.md)"))
+    if report.verdict:
+        rows.append(("verdict", f"{report.verdict['status']}: {report.verdict['note']}"))
+        rows += [("", f"- {failure}") for failure in report.verdict["failures"]]
+    if report.warnings:
+        rows.append(("warnings", f"{len(report.warnings)} (also in report.md)"))
+        rows += [("", f"- {line}") for line in report.warnings]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -14,7 +14,7 @@ from .. import runtime
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..bundle import Bundle
 from ..errors import CheckFailed, InputError, exit_code
-from ..specs import sample_inputs
+from ..specs import integer_inputs, sample_inputs
 from .common import add_verbosity, run
 
 PROG = "bqq-validate"
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--inputs", type=Path, nargs="+", metavar="FILE.npz",
                       help="input batches: one .npz per batch, arrays keyed by input name")
     data.add_argument("--random", type=int, metavar="N", default=4,
-                      help="N batches of random normal inputs (default: 4)")
+                      help="N batches of random normal inputs, for models with float inputs "
+                           "only (default: 4)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of random inputs (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random inputs")
     tol = parser.add_argument_group("tolerances (a number, or 'off')")
@@ -132,8 +133,14 @@ def _read_npz(paths: list[Path]) -> list[dict[str, np.ndarray]]:
 
 
 def random_inputs(specs: list[runtime.TensorSpec], n: int, batch: int, seed: int) -> list[dict]:
-    """n feed dicts of sample_inputs for specs, the dynamic first dim set to batch. Other
-    dynamic dims are not guessed: give --inputs for those."""
+    """n feed dicts of N(0, 1) floats for specs, the dynamic first dim set to batch. Integer
+    inputs (token ids, masks, indices) are never invented, and other dynamic dims are not
+    guessed: give --inputs for those."""
+    invented = integer_inputs(specs)
+    if invented:
+        raise InputError(f"input(s) {', '.join(invented)} take integers (token ids, masks, "
+                         "indices): random values would be invented data, not a measure of "
+                         "accuracy; give real inputs with --inputs FILE.npz")
     for spec in specs:
         if not spec.shape:
             raise InputError(f"input {spec.name} has no known shape: give --inputs")

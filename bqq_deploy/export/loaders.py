@@ -4,6 +4,7 @@ ONNX files, and pickled nn.Modules only when the caller allows unpickling; and t
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import zipfile
@@ -16,7 +17,12 @@ import torch
 
 from ..errors import InputError
 from ..model_files import exported_input_specs, kind_of, known_suffixes
-from ..specs import DTYPES, TensorSpec, sample_inputs
+from ..specs import DTYPES, TensorSpec, sample_inputs, specs_from_ranges
+from .forms import check
+
+# Sources exported to ONNX by tracing a torch module (the TorchScript-based exporter): the
+# batch dim (dim 0) is made dynamic, and every dim given a range.
+TRACED_KINDS = ("torchscript", "pickle", "module")
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                 onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64",
@@ -27,8 +33,9 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
 
 @dataclass
 class SourceModel:
-    """A loaded model: kind is "torchscript", "exported", "pickle" or "onnx". module is a
-    callable torch module (None for ONNX files); onnx_model is set for ONNX files."""
+    """A loaded model: kind is "torchscript", "exported", "pickle", "module" (an nn.Module in
+    memory, bqq_deploy.export_model) or "onnx". module is a callable torch module taking the
+    inputs positionally (None for ONNX files); onnx_model is set for ONNX files."""
 
     path: Path
     kind: str
@@ -38,13 +45,17 @@ class SourceModel:
     onnx_model: onnx.ModelProto | None = None
     output_names: list[str] = field(default_factory=list)
     allow_pickle: bool = False  # the user allowed unpickling this file
+    dim_bounds: dict = field(default_factory=dict)  # symbolic dim -> (min, max or None)
 
     @property
     def is_torch(self) -> bool:
         return self.kind != "onnx"
 
     def fresh_module(self) -> torch.nn.Module:
-        """A new copy of the torch module from the file (so weights can be replaced)."""
+        """A new copy of the torch module (so weights can be replaced): read from the file
+        again, or a deep copy of a module in memory."""
+        if self.kind == "module" or self.path is None:
+            return copy.deepcopy(self.module)
         return load_model(self.path, allow_pickle=self.allow_pickle, _inputs=self.inputs).module
 
 
@@ -120,26 +131,31 @@ def _sidecar_outputs(path: Path) -> list[str]:
         return []
 
 
-def _onnx_specs(model: onnx.ModelProto, path: Path) -> list[TensorSpec]:
+def onnx_input_specs(model: onnx.ModelProto, path: Path | None = None) -> list[TensorSpec]:
+    """The graph inputs of model (initializers listed as inputs left out); a dynamic dim is
+    its dim_param, or "?" when unnamed. InputError for a type no back end feeds."""
     initializers = {init.name for init in model.graph.initializer}
     specs = []
     for value in model.graph.input:
         if value.name in initializers:
             continue
         tensor = value.type.tensor_type
-        if tensor.elem_type not in _ONNX_DTYPES:
-            raise InputError(f"{path}: input {value.name!r} has an unsupported type "
-                             f"({onnx.TensorProto.DataType.Name(tensor.elem_type)})")
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                     for d in tensor.shape.dim)
+        if not value.type.HasField("tensor_type") or tensor.elem_type not in _ONNX_DTYPES:
+            kind = (onnx.TensorProto.DataType.Name(tensor.elem_type)
+                    if value.type.HasField("tensor_type") else value.type.WhichOneof("value"))
+            raise InputError(f"{path or 'the model'}: input {value.name!r} has an unsupported "
+                             f"type ({kind})")
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                     else (d.dim_param or "?") for d in tensor.shape.dim)
         specs.append(TensorSpec(value.name, dims, _ONNX_DTYPES[tensor.elem_type]))
     return specs
 
 
-def load_model(path, *, input_shapes=(), allow_pickle: bool = False,
+def load_model(path, *, input_shapes=(), shape_ranges=(), allow_pickle: bool = False,
                _inputs: list[TensorSpec] | None = None) -> SourceModel:
     """Load MODEL by its extension. Input specs come from the file (ONNX inputs, a JSON
-    sidecar next to a torch file) and are overridden by input_shapes (--input-shape).
+    sidecar next to a torch file) and are overridden by input_shapes (--input-shape); a torch
+    file that declares none may take them from shape_ranges (--shapes: the opt shapes).
     Raises InputError with one line naming the problem."""
     path = Path(path)
     if not path.exists():
@@ -161,11 +177,12 @@ def load_model(path, *, input_shapes=(), allow_pickle: bool = False,
     elif input_shapes:
         source.inputs = specs_from_shapes(input_shapes, source.inputs or None)
     else:
-        source.inputs = source.inputs or _sidecar_specs(path)
+        source.inputs = source.inputs or _sidecar_specs(path) or specs_from_ranges(shape_ranges)
     source.output_names = _sidecar_outputs(path)
     if not source.inputs:
         raise InputError(f"{path}: input shapes unknown; pass --input-shape (e.g. 1x3x224x224) "
-                         f"or put a {path.with_suffix('.json').name} sidecar next to the model")
+                         f"or --shapes, or put a {path.with_suffix('.json').name} sidecar next "
+                         "to the model")
     if _inputs is None:
         check_runs(source)
     return source
@@ -173,11 +190,14 @@ def load_model(path, *, input_shapes=(), allow_pickle: bool = False,
 
 def _load_onnx(path: Path, input_shapes) -> SourceModel:
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(path))  # external data is read from beside the file
+        check(model, path)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
         raise InputError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
-    specs = _onnx_specs(model, path)
+    if any(node.domain == "bqq" for node in model.graph.node):
+        raise InputError(f"{path}: holds BQQMatMul nodes already (a bqq-export output); export "
+                         "the original fp32 model instead")
+    specs = onnx_input_specs(model, path)
     if input_shapes:
         given = specs_from_shapes(input_shapes, specs)
         for spec, want in zip(given, specs):
@@ -196,7 +216,25 @@ def _load_exported(path: Path) -> SourceModel:
     except Exception as exc:
         raise InputError(f"{path}: not a torch.export program ({_first_line(exc)})") from None
     specs = [spec for spec in exported_input_specs(program) if spec.shape]
-    return SourceModel(path, "exported", specs, module=program.module(), program=program)
+    return SourceModel(path, "exported", specs, module=program.module(), program=program,
+                       dim_bounds=_dim_bounds(program))
+
+
+def _dim_bounds(program) -> dict[str, tuple[int, int | None]]:
+    """{symbolic dim: (min, max or None)} from a torch.export program's Dim ranges."""
+    bounds = {}
+    for symbol, value_range in getattr(program, "range_constraints", {}).items():
+        lower, upper = (_finite_int(value_range.lower), _finite_int(value_range.upper))
+        bounds[str(symbol)] = (max(1, lower or 1), upper)
+    return bounds
+
+
+def _finite_int(value) -> int | None:
+    """A sympy bound as an int, None when infinite (torch's int_oo) or not a number."""
+    try:
+        return int(value) if bool(getattr(value, "is_finite", True)) else None
+    except Exception:  # sympy raises several types on infinities
+        return None
 
 
 def _load_torchscript(path: Path, allow_pickle: bool) -> SourceModel:

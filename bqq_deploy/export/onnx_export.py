@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 
 import onnx
 import torch
@@ -21,37 +20,87 @@ OPSET = 18
 
 
 def torch_to_onnx(source: SourceModel, opset: int = OPSET) -> onnx.ModelProto:
-    """Export source's torch model to ONNX (opset >= 18, batch dimension dynamic).
+    """Export source's torch model to ONNX (opset >= 18).
 
     TorchScript and eager modules go through the TorchScript-based exporter with constant
-    folding; torch.export programs (.pt2) through the torch.export-based one, which keeps
-    the program's own dynamic dimensions."""
+    folding, traced at each input's opt shape (concrete_shape), with the batch dim and every
+    dim whose profile range is not a single value dynamic; torch.export programs (.pt2) go
+    through the torch.export-based one, which keeps the program's own dynamic dims."""
     feeds = sample_inputs(source.inputs)
     args = tuple(torch.from_numpy(feeds[s.name]) for s in source.inputs)
     input_names = [s.name for s in source.inputs]
     output_names = source.output_names or ["output"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            if source.program is not None:
-                program = torch.onnx.export(source.program, args, None, dynamo=True,
-                                            opset_version=opset, input_names=input_names,
-                                            output_names=output_names, optimize=True,
-                                            verbose=False)
-                model = program.model_proto
-            else:
-                buffer = io.BytesIO()
-                dynamic = {name: {0: "batch"} for name in input_names + output_names}
-                torch.onnx.export(source.module, args, buffer, dynamo=False, opset_version=opset,
-                                  input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic, do_constant_folding=True)
-                model = onnx.load_from_string(buffer.getvalue())
-        except Exception as exc:
-            raise InputError(f"{source.path}: torch.onnx.export failed "
-                             f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
-    for warning in caught:
-        log.debug("torch.onnx: %s", str(warning.message).splitlines()[0])
-    return model
+    try:
+        if source.program is not None:
+            program = torch.onnx.export(source.program, args, None, dynamo=True,
+                                        opset_version=opset, input_names=input_names,
+                                        output_names=output_names, optimize=True,
+                                        verbose=False)
+            return program.model_proto
+        buffer = io.BytesIO()
+        dynamic = {spec.name: _dynamic_axes(spec) for spec in source.inputs}
+        dynamic.update({name: {0: "batch"} for name in output_names})
+        torch.onnx.export(source.module, args, buffer, dynamo=False, opset_version=opset,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if source.kind in ("module", "pickle"):  # a Python module: torch.export may trace it
+            log.warning("%s: the TorchScript-based exporter failed (%s); used the "
+                        "torch.export-based one", source.path, text[:200])
+            return _dynamo_export(source, args, input_names, output_names, opset, text)
+        raise InputError(f"{source.path}: torch.onnx.export failed ({text})"
+                         + (TORCHSCRIPT_REMEDY if source.kind == "torchscript" else "")) from None
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _dynamo_export(source: SourceModel, args, input_names, output_names, opset: int,
+                   first_error: str) -> onnx.ModelProto:
+    """source's module through torch.export and the torch.export-based ONNX exporter, with
+    the same dims dynamic (torch.export.Dim per symbolic dim, shared by name)."""
+    dims: dict[str, object] = {}
+
+    def dim(name: str, lo: int, hi: int):
+        return dims.setdefault(name, torch.export.Dim(_identifier(name), min=lo, max=hi))
+
+    shapes = tuple({i: dim(axis, spec.min[i], spec.max[i]) for i, axis in _dynamic_axes(spec).items()
+                    if spec.min[i] != spec.max[i]} or None for spec in source.inputs)
+    try:
+        # forward(*inputs): the dims of the one variadic argument, one entry per input
+        program = torch.onnx.export(source.module, args, None, dynamo=True, opset_version=opset,
+                                    input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=(shapes,), optimize=True, verbose=False)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{source.path}: torch.onnx.export failed with both exporters "
+                         f"(TorchScript-based: {first_error[:200]}; torch.export-based: "
+                         f"{text[:200]})") from None
+    return program.model_proto
+
+
+def _identifier(name: str) -> str:
+    """A Python identifier for a torch.export.Dim name."""
+    text = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return text if text and not text[0].isdigit() else f"d_{text}"
+
+
+# A TorchScript file keeps no tensor shapes, which torch's ONNX exporter needs for some ops (a
+# traced nn.TransformerEncoder fails in MultiheadAttention); the Python model has them.
+TORCHSCRIPT_REMEDY = ("; the TorchScript file lacks the shapes the exporter needs: export the "
+                      "Python model instead, with bqq_deploy.export_model(model, args, out) or as "
+                      "a torch.export program (torch.export.save(torch.export.export(model, "
+                      "args), 'model.pt2'))")
+
+
+def _dynamic_axes(spec) -> dict[int, str]:
+    """{dim: name} of the dims of spec that vary: the batch and every ranged dim."""
+    axes = {}
+    for i, dim in enumerate(spec.shape):
+        ranged = spec.min is not None and spec.min[i] != spec.max[i]
+        if i == 0 or ranged:
+            axes[i] = dim if isinstance(dim, str) and dim != "?" else (
+                "batch" if i == 0 else f"{spec.name}_dim{i}")
+    return axes
 
 
 def ensure_opset(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
@@ -60,7 +109,13 @@ def ensure_opset(model: onnx.ModelProto, opset: int = OPSET) -> onnx.ModelProto:
     if current >= opset:
         return model
     try:
-        return version_converter.convert_version(model, opset)
+        converted = version_converter.convert_version(model, opset)
     except Exception as exc:
         raise InputError(f"cannot convert the ONNX model from opset {current} to {opset} "
                          f"({str(exc).strip().splitlines()[0]})") from None
+    # The converter drops node metadata, where torch's exporter records module paths.
+    metadata = {n.name: n.metadata_props for n in model.graph.node if n.name and n.metadata_props}
+    for node in converted.graph.node:
+        if node.name in metadata and not node.metadata_props:
+            node.metadata_props.extend(metadata[node.name])
+    return converted

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..format import BQQWeight
 from ..quantize import InputStatistics
 from .. import contract
+from . import forms
 from .function import decode_function, node_attributes
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class Candidate:
     input: str
     output: str
     layer: str = ""
+    module: str | None = None  # the torch module path the file records for the node
+    use: int = 0  # index among the nodes that share this weight (one layer, one BQQ weight)
 
     def __post_init__(self):
         self.layer = self.layer or self.weight_name
@@ -51,10 +54,23 @@ class Candidate:
     def shape(self) -> tuple[int, int]:
         return tuple(self.weight.shape)
 
+    @property
+    def bqq_node(self) -> str:
+        """Name of the BQQMatMul node that replaces this one: `<layer>.BQQMatMul`, and
+        `<layer>.BQQMatMul.<use>` for the further nodes of a shared weight."""
+        op = contract.GATHER if self.op_type == "Gather" else contract.MATMUL
+        base = f"{self.layer}.{op.op_type}"
+        return f"{base}.{self.use}" if self.use else base
+
+    @property
+    def names(self) -> list[str]:
+        """Every name --exclude patterns are matched against."""
+        return [n for n in (self.layer, self.module, self.weight_name, self.node) if n]
+
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of model where every node has a unique name (surgery finds nodes by name)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = forms.copy_model(model)
     seen = set()
     for index, node in enumerate(model.graph.node):
         name = node.name or f"{node.op_type}_{index}"
@@ -96,19 +112,27 @@ def _weight_like(tensor) -> bool:
 def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]]:
     """MatMul(x, B) with constant 2-D B, and Gemm(x, B[, C]) with constant B (alpha = 1,
     transA = 0, beta = 1 when C is given), each with a single-consumer bias Add folded in.
-    Nodes must be named (name_nodes). Returns the candidates and, for every other MatMul /
-    Gemm with a weight-like input B, {"layer", "onnx_node", "reason"}: why it stays in float."""
+    model must be in forms.normalize's form with named nodes (name_nodes).
+
+    A weight read by several such nodes (tied or merged weights) is one layer: each node is a
+    candidate with the same layer and its own `use`; their biases are not folded (they may
+    differ). Returns the candidates and, for every other MatMul / Gemm with a weight-like
+    input B (linears inside If / Loop / Scan subgraphs included), {"layer", "onnx_node",
+    "reason"}: why it stays in float. Layers are named after the module path the file records
+    (forms.module_path), else the weight."""
     graph = gs.import_onnx(model)
-    consumers = {}
+    protos = {node.name: node for node in model.graph.node}
+    consumers: dict[str, list] = {}
     for node in graph.nodes:
         for tensor in node.inputs:
-            consumers[tensor.name] = consumers.get(tensor.name, 0) + 1
+            consumers.setdefault(tensor.name, []).append(node)
     graph_outputs = {t.name for t in graph.outputs}
     found, rejected = [], []
 
-    def reject(node, reason: str) -> None:
+    def reject(node, reason: str, name: str | None = None) -> None:
         log.info("%s: %s; left in floating point", node.name, reason)
-        rejected.append({"layer": node.inputs[1].name, "onnx_node": node.name, "reason": reason})
+        rejected.append({"layer": name or node.inputs[1].name, "onnx_node": node.name,
+                         "reason": reason})
 
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
@@ -125,9 +149,14 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
         if b.ndim != 2:
             reject(node, f"weight {b_tensor.name} has {b.ndim} dims, not 2")
             continue
-        if consumers[b_tensor.name] > 1:
-            reject(node, f"weight {b_tensor.name} feeds {consumers[b_tensor.name]} nodes")
+        readers = consumers[b_tensor.name]
+        other = next((r for r in readers if r.op not in ("MatMul", "Gemm") or r.inputs[1] is not b_tensor
+                      or isinstance(r.inputs[0], gs.Constant)), None)
+        if other is not None:
+            reject(node, f"weight {b_tensor.name} also feeds {other.op} node {other.name} "
+                         "(tied to a use that is not a linear layer)")
             continue
+        shared = len(readers) > 1
         bias = bias_name = bias_node = None
         out = node.outputs[0]
         if node.op == "Gemm":
@@ -141,25 +170,80 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
                 if bias is None or _attr(node, "beta", 1.0) != 1.0:
                     reject(node, f"Gemm bias {c_tensor.name} is not a float32 [M] constant with beta 1")
                     continue
-                if consumers[c_tensor.name] > 1:
-                    reject(node, f"Gemm bias {c_tensor.name} feeds {consumers[c_tensor.name]} nodes")
+                if len(consumers[c_tensor.name]) > 1 or shared:
+                    reject(node, f"Gemm bias {c_tensor.name} feeds {len(consumers[c_tensor.name])} nodes"
+                           if not shared else f"Gemm with weight {b_tensor.name} shared by "
+                           f"{len(readers)} nodes, each with its own bias input")
                     continue
                 bias_name = c_tensor.name
         else:
             weight = b.T
-        if bias is None and len(out.outputs) == 1 and out.name not in graph_outputs:
+        if bias is None and not shared and len(out.outputs) == 1 and out.name not in graph_outputs:
             add = out.outputs[0]
             if add.op == "Add" and len(add.inputs) == 2:
-                other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-                vector = _bias_vector(_const(other), weight.shape[0], max_ndim=1)
-                if vector is not None and consumers[other.name] == 1:
-                    bias, bias_name, bias_node, out = vector, other.name, add.name, add.outputs[0]
+                other_input = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+                vector = _bias_vector(_const(other_input), weight.shape[0], max_ndim=1)
+                if vector is not None and len(consumers[other_input.name]) == 1:
+                    bias, bias_name, bias_node, out = vector, other_input.name, add.name, add.outputs[0]
         found.append(Candidate(node=node.name, op_type=node.op, weight_name=b_tensor.name,
                                weight=np.ascontiguousarray(weight, dtype=np.float32),
                                bias=None if bias is None else bias.astype(np.float32).copy(),
                                bias_name=bias_name, bias_node=bias_node, input=x.name,
-                               output=out.name))
+                               output=out.name, module=forms.module_path(protos[node.name])))
+    _share_and_name(found, rejected)
+    rejected += _subgraph_linears(model.graph)
     return found, rejected
+
+
+def _share_and_name(found: list[Candidate], rejected: list[dict]) -> None:
+    """Give every candidate its layer name (the module path of the weight's first node when
+    the file records one and no other weight has it, else the weight name) and number the
+    nodes of a shared weight. A shared weight read as W by one node and W^T by another
+    cannot be one BQQ weight: those nodes move to rejected."""
+    by_weight: dict[str, list[Candidate]] = {}
+    for cand in found:
+        by_weight.setdefault(cand.weight_name, []).append(cand)
+    for name, group in by_weight.items():
+        if any(c.op_type != group[0].op_type or c.weight.shape != group[0].weight.shape
+               or not np.array_equal(c.weight, group[0].weight) for c in group[1:]):
+            for cand in group:
+                found.remove(cand)
+                rejected.append({"layer": name, "onnx_node": cand.node, "reason": f"weight {name} "
+                                 "is read both as W and as W^T by different nodes"})
+            continue
+        for use, cand in enumerate(group):
+            cand.use = use
+    paths: dict[str, set[str]] = {}
+    for cand in found:
+        if cand.module:
+            paths.setdefault(cand.module, set()).add(cand.weight_name)
+    for cand in found:
+        first = by_weight[cand.weight_name][0]
+        if first.module and len(paths[first.module]) == 1:
+            cand.layer = first.module
+
+
+def _subgraph_linears(graph: onnx.GraphProto, where: str = "") -> list[dict]:
+    """MatMul / Gemm nodes inside If / Loop / Scan bodies whose B input is not computed in
+    the body (an initializer, a Constant, or a value captured from outside): linear layers
+    that stay in float, each with the reason."""
+    found = []
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                    list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else [])
+            for sub in subs:
+                place = f"{where}{node.op_type} node {node.name or node.output[0]}, {attr.name}"
+                produced = {o for n in sub.node if n.op_type != "Constant" for o in n.output}
+                produced |= {i.name for i in sub.input}
+                for inner in sub.node:
+                    if (inner.op_type in ("MatMul", "Gemm") and len(inner.input) > 1
+                            and inner.input[1] not in produced):
+                        found.append({"layer": inner.input[1], "onnx_node": inner.name or inner.output[0],
+                                      "reason": f"inside the {place} (linear layers in If / Loop / "
+                                                "Scan subgraphs are not rewritten)"})
+                found += _subgraph_linears(sub, f"{place} > ")
+    return found
 
 
 def find_embeddings(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]]:
@@ -203,21 +287,29 @@ def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
     layers that read the same tensor share one InputStatistics."""
     import onnxruntime as ort
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = forms.copy_model(model)
     existing = {o.name for o in model.graph.output}
     names = list(dict.fromkeys(c.input for c in candidates))
     for name in names:
         if name not in existing:
             model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    options.log_severity_level = 4  # errors arrive as exceptions
+    with forms.session_path(model) as what:
+        session = ort.InferenceSession(what, options, providers=["CPUExecutionProvider"])
+    # A tensor read by several layers is captured once; a layer whose weight several nodes
+    # share sees the rows of all of them.
+    readers: dict[str, list[str]] = {}
+    for cand in candidates:
+        if cand.layer not in readers.get(cand.input, []):
+            readers.setdefault(cand.input, []).append(cand.layer)
     stats: dict[str, InputStatistics] = {}
     for feeds in feeds_list:
         for name, value in zip(names, session.run(names, feeds)):
-            stats.setdefault(name, InputStatistics(value.shape[-1])).add(torch.from_numpy(value))
-    return {c.layer: stats[c.input] for c in candidates}
+            rows = torch.from_numpy(value)
+            for layer in readers[name]:
+                stats.setdefault(layer, InputStatistics(value.shape[-1])).add(rows)
+    return stats
 
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
@@ -254,7 +346,7 @@ def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
             for dropped in [node] if out_node is node else [node, out_node]:
                 dropped.inputs.clear()
                 dropped.outputs.clear()
-        graph.nodes.append(gs.Node(op=op.op_type, name=f"{cand.layer}.{op.op_type}", domain=op.domain,
+        graph.nodes.append(gs.Node(op=op.op_type, name=cand.bqq_node, domain=op.domain,
                                    attrs=node_attributes(weight, op), inputs=inputs, outputs=[out]))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     result = gs.export_onnx(graph, do_type_check=False)
@@ -292,7 +384,7 @@ def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
     """model with each candidate's weight and bias replaced by the quantiser's, its ops
     unchanged: as dense W_hat initializers, or (packed) as BQQDecode nodes on the packed
     tensors, named like the initializers they replace (so every consumer reads them)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = forms.copy_model(model)
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     nodes = {node.name: node for node in graph.node}
@@ -305,8 +397,9 @@ def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
         if cand.weight_name not in replaced:
             replaced.add(cand.weight_name)
             if packed:
-                graph.initializer.extend(numpy_helper.from_array(c.values, c.name)
-                                         for c in _packed_constants(cand.layer, weight))
+                for const in _packed_constants(cand.layer, weight):
+                    graph.initializer.append(numpy_helper.from_array(const.values, const.name))
+                    inits[const.name] = graph.initializer[-1]
                 decoded = f"{cand.layer}.bqq.weight" if transposed else cand.weight_name
                 decoders.append(helper.make_node(
                     contract.DECODE_OP, [f"{cand.layer}.bqq.{k}" for k in ("y_bits", "z_bits", "scales")],
@@ -327,12 +420,14 @@ def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
                                                                    cand.bias_name))
         elif weight.bias is not None:  # a bias the calibration added: an Add after the node
             bias_name = f"{cand.layer}.bqq.bias"
-            graph.initializer.append(numpy_helper.from_array(weight.bias.numpy().astype(np.float32),
-                                                             bias_name))
+            if bias_name not in inits:  # once for a weight several nodes share
+                graph.initializer.append(numpy_helper.from_array(
+                    weight.bias.numpy().astype(np.float32), bias_name))
+                inits[bias_name] = graph.initializer[-1]
             unbiased = f"{cand.output}.bqq.unbiased"
             node.output[0] = unbiased
             added[node.name] = helper.make_node("Add", [unbiased, bias_name], [cand.output],
-                                                name=f"{cand.layer}.bias_add")
+                                                name=f"{cand.bqq_node}.bias_add")
     if packed:  # the float weights leave the file (and the graph inputs, in old IR versions)
         kept = [i for i in graph.initializer if i.name not in replaced]
         del graph.initializer[:]
@@ -360,8 +455,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     values, Cast-to-float targets and the graph inputs / outputs become float16 (for strongly
     typed TensorRT builds, where precision comes from the tensor types); the portable form's
     BQQ functions are replaced by their float16 variants (the decoded W_hat is float16)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
+    model = forms.copy_model(model)
 
     def half(tensor: onnx.TensorProto) -> None:
         if tensor.data_type == TensorProto.FLOAT:
@@ -371,29 +465,37 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             tensor.CopyFrom(numpy_helper.from_array(
                 np.clip(array, -65504, 65504).astype(np.float16), tensor.name))
 
-    for init in graph.initializer:
-        half(init)
-    for node in graph.node:
-        if node.op_type == "Constant":  # value_float(s) are fp32 by definition: make a tensor
-            for attr in list(node.attribute):
-                if attr.name in ("value_float", "value_floats"):
-                    values = [attr.f] if attr.name == "value_float" else list(attr.floats)
-                    array = np.array(values if attr.name == "value_floats" else values[0], np.float32)
-                    node.attribute.remove(attr)
-                    node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(array)))
-        if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
-            # the default fill is a float32 zero
-            node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(
-                np.zeros(1, np.float32))))
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                half(attr.t)
-            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.FLOAT16
-    for value in list(graph.input) + list(graph.output):
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-    del graph.value_info[:]
+    def convert(graph: onnx.GraphProto) -> None:  # a graph and, in turn, its If/Loop bodies
+        for init in graph.initializer:
+            half(init)
+        for node in graph.node:
+            if node.op_type == "Constant":  # value_float(s) are fp32 by definition: make a tensor
+                for attr in list(node.attribute):
+                    if attr.name in ("value_float", "value_floats"):
+                        values = [attr.f] if attr.name == "value_float" else list(attr.floats)
+                        array = np.array(values if attr.name == "value_floats" else values[0], np.float32)
+                        node.attribute.remove(attr)
+                        node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(array)))
+            if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+                # the default fill is a float32 zero
+                node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(
+                    np.zeros(1, np.float32))))
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    half(attr.t)
+                elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.FLOAT16
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    convert(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        convert(sub)
+        for value in list(graph.input) + list(graph.output):
+            if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+                value.type.tensor_type.elem_type = TensorProto.FLOAT16
+        del graph.value_info[:]
+
+    convert(model.graph)
     if any(f.domain == contract.DOMAIN and f.name == contract.DECODE_OP for f in model.functions):
         kept = [f for f in model.functions if f.domain != contract.DOMAIN]
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

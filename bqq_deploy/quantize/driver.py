@@ -174,12 +174,13 @@ def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict
     callback = after_stack = None
     if bar is not None:
         per_step = total_weights / max(config.steps, 1)
-        callback = lambda n: bar.update(n * per_step)  # noqa: E731
+        # Never past the total: more steps than config.steps would make tqdm warn each time.
+        callback = lambda n: bar.update(min(n * per_step, bar.total - bar.n))  # noqa: E731
         real = float(u.sum(-1) @ v.sum(-1))
 
         def after_stack(residual):
             if config.steps == 0:
-                bar.update(total_weights)
+                bar.update(min(total_weights, bar.total - bar.n))
             bar.set_postfix_str(f"mse={float((residual ** 2).sum()) / real:.4g}", refresh=False)
     solution = solve_stacks(x, u, v, config, gen, callback, after_stack)
     solve_seconds = time.perf_counter() - start

@@ -30,7 +30,7 @@ class OnnxRuntimeBackend(Backend):
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors arrive as exceptions; ORT's log would repeat them
         self.session = ort_session(path, options, providers)
         self.path = Path(path)
         used = self.session.get_providers()

@@ -3,6 +3,7 @@ original model) on the same inputs, checked against user-set tolerances."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -85,7 +86,8 @@ def validate(reference: Backend, candidate: Backend, inputs: list[dict[str, np.n
     """Run both back ends on every feed dict of inputs and compare the outputs.
 
     Outputs are paired by name when the names agree, otherwise by position. Top-1 agreement
-    is computed for 2-D [batch, classes] float outputs (logits=None), for every output
+    (over the last dim) is computed for outputs that look like logits (looks_like_logits:
+    2-D [batch, classes] floats, or outputs named *logits*; logits=None), for every output
     (logits=True) or for none (logits=False).
     """
     if not inputs:
@@ -134,14 +136,29 @@ def compare_arrays(name: str, reference_name: str, ref: list[np.ndarray], cand: 
         cosine = 1.0 if max_abs == 0 else 0.0
     if not np.isfinite(c).all():
         cosine, max_abs, max_rel = float("nan"), float("inf"), float("inf")
-    is_logits = logits if logits is not None else (
-        ref[0].ndim == 2 and ref[0].shape[1] > 1 and np.issubdtype(ref[0].dtype, np.floating))
+    is_logits = logits if logits is not None else looks_like_logits(name, ref[0])
     top1 = None
     if is_logits:
         ref_top = np.concatenate([a.reshape(-1, a.shape[-1]).argmax(-1) for a in ref])
         cand_top = np.concatenate([a.reshape(-1, a.shape[-1]).argmax(-1) for a in cand])
         top1 = float((ref_top == cand_top).mean())
     return OutputMetrics(name, reference_name, list(ref[0].shape), cosine, max_abs, max_rel, top1)
+
+
+# Output names that say "a vector, not scores": top-1 agreement means nothing for them.
+_NOT_SCORES = re.compile(r"pool|embed|hidden|feature|state|last|token|vector", re.IGNORECASE)
+
+
+def looks_like_logits(name: str, array: np.ndarray) -> bool:
+    """Scores over classes, whose arg-max is the prediction: any float output named *logits*
+    ([batch, classes], or [batch, seq, vocab] of a language model: top-1 per token), or a
+    float [batch, classes] output whose name does not say it is an embedding or hidden state
+    (pooler_output, sentence_embedding, last_hidden_state: their arg-max means nothing)."""
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or array.shape[-1] < 2:
+        return False
+    if "logit" in name.lower():
+        return True
+    return array.ndim == 2 and not _NOT_SCORES.search(name)
 
 
 def _check(m: OutputMetrics, tol: Tolerances) -> list[str]:

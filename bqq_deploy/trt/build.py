@@ -125,7 +125,7 @@ def export_trt(bundle_dir: Path, *, input_specs: Iterable, build_on_device: bool
         try:
             import_tensorrt()
         except EngineError as exc:
-            log.info("%s", exc)
+            log.debug("%s", exc)
         else:
             manifest = build_engine(bundle.root, plugin_path=plugin_path, input_specs=specs,
                                     workspace_mb=workspace_mb, log=log)
