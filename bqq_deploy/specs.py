@@ -4,8 +4,11 @@ gives every dynamic dimension a range, and the one function that makes sample fe
 
 from __future__ import annotations
 
+import math
 import re
+import zipfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +18,10 @@ from .errors import InputError
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 # Size given to a dynamic batch dimension in sample inputs.
 SAMPLE_BATCH = 2
+# Largest probe feed made from specs (a shape that asks for more is surely a mistake).
+MAX_PROBE_ELEMENTS = 1 << 28
+# Largest array an .npz of model inputs may declare (its header is read before its data).
+MAX_ARRAY_BYTES = 1 << 33
 # Upper end of the batch range of a TensorRT profile when nothing else is said.
 DEFAULT_MAX_BATCH = 8
 # Range (min, opt, max) of a dynamic dimension other than the batch when neither --shapes nor
@@ -43,7 +50,7 @@ class TensorSpec:
     def __post_init__(self):
         try:
             dtype = np.dtype(self.dtype).name
-        except TypeError:
+        except (TypeError, ValueError):  # ValueError: odd strings, lone surrogates
             raise InputError(f"input {self.name}: unknown dtype {self.dtype!r}") from None
         if dtype not in DTYPES:
             raise InputError(f"input {self.name}: unsupported dtype {dtype} (supported: "
@@ -70,7 +77,10 @@ class TensorSpec:
         overrides the upper end of an existing dynamic batch range."""
         if self.has_profile:
             lo, mid, hi = (tuple(int(d) for d in s) for s in (self.min, self.opt, self.max))
-            if max_batch is not None and lo and lo[0] != hi[0]:
+            if not lo or not len(lo) == len(mid) == len(hi):
+                raise InputError(f"input {self.name}: min, opt and max must be shapes of one "
+                                 f"rank, got min {lo}, opt {mid}, max {hi}")
+            if max_batch is not None and lo[0] != hi[0]:
                 lo, mid = ((min(s[0], max_batch),) + s[1:] for s in (lo, mid))
                 hi = (max_batch,) + hi[1:]
         else:
@@ -112,7 +122,7 @@ class TensorSpec:
                       for key in ("min", "opt", "max")}
             shape = tuple(d if isinstance(d, (int, str)) or d is None else int(d)
                           for d in data.get("shape") or ())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite dimension
             raise InputError(f"input spec {data['name']!r}: malformed shape or range {data!r}") from None
         if (ranges["min"] is None) != (ranges["max"] is None) or (
                 ranges["min"] is not None and ranges["opt"] is None):
@@ -137,11 +147,54 @@ def sample_inputs(specs, seed: int = 0, batch: int = SAMPLE_BATCH) -> dict[str, 
     feeds = {}
     for spec in specs:
         shape, dtype = spec.concrete_shape(batch), np.dtype(spec.dtype)
+        if math.prod(shape) > MAX_PROBE_ELEMENTS:
+            raise InputError(f"input {spec.name}: a probe of shape {list(shape)} would hold "
+                             f"{math.prod(shape):,} elements; give smaller shapes (--shapes)")
         if np.issubdtype(dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         else:
             feeds[spec.name] = np.ones(shape, dtype)
     return feeds
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file of model inputs. Each member's .npy header is checked before
+    its data is read (no object arrays, at most MAX_ARRAY_BYTES, no more than the member
+    holds), so a damaged or hostile file is an InputError, never a crash or a huge
+    allocation."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    raise InputError(f"{path}: member {member.filename!r} is not an .npy array")
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = _NPY_HEADER_READERS.get(version)
+                    if read_header is None:
+                        raise InputError(f"{path}: array {member.filename!r} has .npy format "
+                                         f"version {version}, not 1.0 or 2.0")
+                    shape, _, dtype = read_header(handle)
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if dtype.hasobject or nbytes > min(member.file_size, MAX_ARRAY_BYTES):
+                        raise InputError(f"{path}: array {member.filename!r} declares "
+                                         f"{list(shape)} {dtype}: {'objects' if dtype.hasobject else f'{nbytes:,} bytes'}, "
+                                         f"more than the file holds or than {MAX_ARRAY_BYTES:,} bytes")
+                with archive.open(member) as handle:
+                    arrays[member.filename[:-4]] = np.lib.format.read_array(handle, allow_pickle=False)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # zip, zlib, header and data errors of a damaged file
+        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    if not arrays:
+        raise InputError(f"{path}: holds no arrays")
+    return arrays
 
 
 def integer_inputs(specs) -> list[str]:

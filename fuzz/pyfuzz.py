@@ -1,7 +1,7 @@
 """Seeded mutation fuzzing of bqq_deploy's Python readers (targets in fuzz/targets.py).
 
     python fuzz/pyfuzz.py [TARGET ...] [--runs N] [--seed S] [--timeout SEC]
-                          [--artifacts DIR] [--json FILE] [--strict]
+                          [--artifacts DIR] [--json FILE]
     python fuzz/pyfuzz.py --reproduce TARGET FILE     # one input, in this process, traceback
     python fuzz/pyfuzz.py --atheris TARGET [libFuzzer flags] CORPUS_DIR   # needs atheris
 
@@ -13,9 +13,8 @@ mutated cases: 1-4 stacked mutations of a seed or of an earlier input the reader
 
 A finding is any exception other than the target's documented one, a wrong result from an
 accepted input, a hang or a crash. Findings are grouped by signature (exception type and the
-innermost bqq_deploy function) with one reproducer file each under --artifacts. Findings
-reported and awaiting a fix (fuzz/known_findings.py) are counted but only fail the run with
---strict. Exit status: 0 no new finding, 1 new findings (or any, with --strict), 2 bad usage.
+innermost bqq_deploy function) with one reproducer file each under --artifacts. Exit status:
+0 no finding, 1 findings, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -40,12 +39,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import known_findings  # noqa: E402 - after the path set-up
 import mutators  # noqa: E402
 
 TARGET_NAMES = ("safetensors", "npz", "input_shape", "onnx", "pt2", "sidecar", "manifest", "engine_build")
 
-KNOWN = known_findings.PYTHON
 
 
 # --- worker side ----------------------------------------------------------------------------
@@ -226,9 +223,8 @@ def fuzz_target(worker: Worker, target: str, runs: int, seed: int, timeout: floa
 
 def _record(stats: dict, target: str, data: bytes, result: dict, artifacts: Path | None) -> None:
     sig = result["signature"]
-    entry = stats["findings"].setdefault(sig, {"count": 0, "known": KNOWN.get(target, {}).get(sig),
-                                               "message": result["message"], "reproducer": None,
-                                               "traceback": result["traceback"]})
+    entry = stats["findings"].setdefault(sig, {"count": 0, "message": result["message"],
+                                               "reproducer": None, "traceback": result["traceback"]})
     entry["count"] += 1
     if artifacts is not None and entry["reproducer"] is None:
         folder = artifacts / target
@@ -238,9 +234,9 @@ def _record(stats: dict, target: str, data: bytes, result: dict, artifacts: Path
         entry["reproducer"] = str(path)
 
 
-def new_findings(results: list[dict], strict: bool) -> list[str]:
+def findings(results: list[dict]) -> list[str]:
     return [f"{r['target']}: {sig} x{f['count']} ({f['message'][:200]}; reproducer {f['reproducer']})"
-            for r in results for sig, f in r["findings"].items() if strict or not f["known"]]
+            for r in results for sig, f in r["findings"].items()]
 
 
 def machine() -> str:
@@ -276,11 +272,7 @@ def atheris_main(target: str, argv: list[str]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bqq-atheris-"))
 
     def one_input(data: bytes) -> None:
-        try:
-            targets.TARGETS[target].run(data, scratch, targets.Calls())
-        except Exception as exc:  # known findings do not stop the campaign
-            if signature(exc) not in KNOWN.get(target, {}):
-                raise
+        targets.TARGETS[target].run(data, scratch, targets.Calls())
 
     def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
         rng = random.Random(seed)
@@ -308,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of the worker")
     parser.add_argument("--artifacts", type=Path, help="folder for reproducers (default: none written)")
     parser.add_argument("--json", type=Path, help="write the summary here")
-    parser.add_argument("--strict", action="store_true", help="known findings fail the run too")
     parser.add_argument("--reproduce", nargs=2, metavar=("TARGET", "FILE"))
     args = parser.parse_args(argv)
     if args.reproduce:
@@ -323,18 +314,17 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.targets or TARGET_NAMES:
                 stats = fuzz_target(worker, target, args.runs, args.seed, args.timeout, args.artifacts)
                 results.append(stats)
-                known = sum(f["count"] for f in stats["findings"].values() if f["known"])
-                new = sum(f["count"] for f in stats["findings"].values() if not f["known"])
+                failing = sum(f["count"] for f in stats["findings"].values())
                 print(f"{target:13s} {stats['cases']:7d} cases in {stats['seconds']:7.1f} s: "
                       f"{stats['accepted']} accepted, {stats['rejected']} rejected with "
-                      f"the documented error, {new} new + {known} known findings "
+                      f"the documented error, {failing} findings "
                       f"({len(stats['findings'])} signatures)", flush=True)
         finally:
             worker.stop()
     summary = {"machine": machine(), "seed": args.seed, "runs": args.runs, "results": results}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    problems = new_findings(results, args.strict)
+    problems = findings(results)
     for line in problems:
         print("FINDING " + line)
     return 1 if problems else 0

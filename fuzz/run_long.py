@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| fuzz_{r['harness']} | {r['engine']} | {r['cases'] or '-'} | {int(crashed)} | "
               f"{r['sanitizer_reports']} | {note} |")
     for r in python["results"]:
-        findings = ", ".join(sorted({(f["known"] or "NEW " + sig).split(":")[0] for sig, f in r["findings"].items()}))
+        findings = ", ".join(sorted(r["findings"]))
         print(f"| {r['target']} | python | {r['cases']} | {sum(f['count'] for f in r['findings'].values())} | - | "
               f"{findings or '-'} |")
     new_native = [r for r in native if r["status"] != 0]

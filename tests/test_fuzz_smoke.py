@@ -1,8 +1,7 @@
 """A short seeded pass of every fuzz harness (fuzz/README.md; the long run is
 fuzz/run_long.py). The native harnesses run through fuzz/driver.cpp built with gcc (or any
-C++ compiler) with ASan + UBSan; the Python targets through fuzz/pyfuzz.py. A harness that
-hits a finding reported and awaiting its fix (fuzz/known_findings.py) is marked xfail; any
-other finding fails here with the input's file and the report."""
+C++ compiler) with ASan + UBSan; the Python targets through fuzz/pyfuzz.py. Any finding fails
+here with the input's file and the report."""
 
 from __future__ import annotations
 
@@ -93,9 +92,6 @@ def test_python_target_seeded_pass(python_results, target):
     assert result["cases"] == result["seeds"] + PYTHON_RUNS
     # The seeds are valid inputs: the reader must take at least those.
     assert result["accepted"] >= 1
-    new = {sig: f for sig, f in result["findings"].items() if not f["known"]}
-    assert not new, "\n\n".join(f"{sig} x{f['count']}: {f['message']}\nreproducer: {f['reproducer']}\n"
-                                f"{f['traceback']}" for sig, f in new.items())
-    known = sorted({f["known"].split(":")[0] for f in result["findings"].values()}, key=lambda k: (len(k), k))
-    if known:
-        pytest.xfail(f"known findings {', '.join(known)} (fuzz/known_findings.py)")
+    found = result["findings"]
+    assert not found, "\n\n".join(f"{sig} x{f['count']}: {f['message']}\nreproducer: {f['reproducer']}\n"
+                                  f"{f['traceback']}" for sig, f in found.items())

@@ -14,7 +14,7 @@ from .. import runtime
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..bundle import Bundle
 from ..errors import CheckFailed, InputError, exit_code
-from ..specs import integer_inputs, sample_inputs
+from ..specs import integer_inputs, read_npz, sample_inputs
 from .common import add_verbosity, run
 
 PROG = "bqq-validate"
@@ -86,7 +86,7 @@ def handle(args: argparse.Namespace) -> int:
     reference_path = args.reference or _reference_from_report(args.target)
     candidate = _load(args.target, backend=args.backend, plugin_path=args.plugin)
     reference = _load(reference_path)
-    inputs = (_read_npz(args.inputs) if args.inputs
+    inputs = ([read_npz(path) for path in args.inputs] if args.inputs
               else random_inputs(candidate.input_specs, args.random, args.batch, args.seed))
     tolerances = runtime.Tolerances(args.min_cosine, args.max_rel, args.min_top1)
     result = runtime.validate(reference, candidate, inputs, tolerances)
@@ -115,21 +115,6 @@ def _load(path: Path, **kwargs) -> runtime.Backend:
         if exit_code(exc) is not None:
             raise
         raise InputError(f"{path}: cannot load: {exc}") from exc
-
-
-def _read_npz(paths: list[Path]) -> list[dict[str, np.ndarray]]:
-    batches = []
-    for path in paths:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                batches.append({key: data[key] for key in data.files})
-        except FileNotFoundError:
-            raise
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
-        if not batches[-1]:
-            raise InputError(f"{path}: holds no arrays")
-    return batches
 
 
 def random_inputs(specs: list[runtime.TensorSpec], n: int, batch: int, seed: int) -> list[dict]:

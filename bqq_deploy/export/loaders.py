@@ -59,7 +59,8 @@ class SourceModel:
         return load_model(self.path, allow_pickle=self.allow_pickle, _inputs=self.inputs).module
 
 
-_SHAPE_RE = re.compile(r"^(?:(?P<name>[A-Za-z_][\w.\-/]*):)?(?P<dims>\d+(?:x\d+)*)(?::(?P<dtype>\w+))?$")
+# Dimensions of at most 10 digits: int32 range, checked below.
+_SHAPE_RE = re.compile(r"^(?:(?P<name>[A-Za-z_][\w.\-/]*):)?(?P<dims>\d{1,10}(?:x\d{1,10})*)(?::(?P<dtype>\w+))?$")
 
 
 def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...], str]:
@@ -70,8 +71,8 @@ def parse_input_shape(text: str) -> tuple[str | None, tuple[int, ...], str]:
         raise InputError(f"--input-shape {text!r}: expected DIMS like 2x16x128, optionally "
                          "NAME:DIMS and a dtype suffix :float32|float16|int64|int32|bool")
     dims = tuple(int(d) for d in match["dims"].split("x"))
-    if any(d <= 0 for d in dims):
-        raise InputError(f"--input-shape {text!r}: every dimension must be >= 1")
+    if any(not 1 <= d <= 2**31 - 1 for d in dims):
+        raise InputError(f"--input-shape {text!r}: every dimension must be >= 1 (and below 2^31)")
     dtype = match["dtype"] or "float32"
     if dtype not in DTYPES:
         raise InputError(f"--input-shape {text!r}: unknown dtype {dtype!r} "
@@ -108,12 +109,13 @@ def _sidecar_specs(path: Path) -> list[TensorSpec]:
     if not sidecar.is_file():
         return []
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(sidecar.read_bytes())
         entries = meta.get("inputs") or [meta["input"]]
         specs = [TensorSpec(str(e.get("name", f"input_{i}")),
                             tuple(d if isinstance(d, int) else str(d) for d in e["shape"]),
                             str(e.get("dtype", "float32"))) for i, e in enumerate(entries)]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # ValueError: bad UTF-8, bad JSON, integers too long to parse
         raise InputError(f"{sidecar}: not a model sidecar with input shapes ({exc})") from None
     except InputError as exc:
         raise InputError(f"{sidecar}: {exc}") from None
@@ -124,11 +126,11 @@ def _sidecar_outputs(path: Path) -> list[str]:
     """Output names from the JSON sidecar ({"output": {"name"}} or {"outputs": [...]})."""
     sidecar = path.with_suffix(".json")
     try:
-        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        meta = json.loads(sidecar.read_bytes()) if sidecar.is_file() else {}
         entries = meta.get("outputs") or ([meta["output"]] if "output" in meta else [])
         return [str(e["name"]) for e in entries]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return []
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return []  # _sidecar_specs reports a damaged sidecar
 
 
 def onnx_input_specs(model: onnx.ModelProto, path: Path | None = None) -> list[TensorSpec]:
@@ -141,7 +143,9 @@ def onnx_input_specs(model: onnx.ModelProto, path: Path | None = None) -> list[T
             continue
         tensor = value.type.tensor_type
         if not value.type.HasField("tensor_type") or tensor.elem_type not in _ONNX_DTYPES:
-            kind = (onnx.TensorProto.DataType.Name(tensor.elem_type)
+            known = tensor.elem_type in onnx.TensorProto.DataType.values()
+            kind = ((onnx.TensorProto.DataType.Name(tensor.elem_type) if known
+                     else f"element type {tensor.elem_type}")
                     if value.type.HasField("tensor_type") else value.type.WhichOneof("value"))
             raise InputError(f"{path or 'the model'}: input {value.name!r} has an unsupported "
                              f"type ({kind})")
@@ -215,8 +219,14 @@ def _load_exported(path: Path) -> SourceModel:
         program = torch.export.load(str(path))
     except Exception as exc:
         raise InputError(f"{path}: not a torch.export program ({_first_line(exc)})") from None
-    specs = [spec for spec in exported_input_specs(program) if spec.shape]
-    return SourceModel(path, "exported", specs, module=program.module(), program=program,
+    try:  # a program that loads can still fail to become a module (or a spec)
+        specs = [spec for spec in exported_input_specs(program) if spec.shape]
+        module = program.module()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: not a usable torch.export program ({_first_line(exc)})") from None
+    return SourceModel(path, "exported", specs, module=module, program=program,
                        dim_bounds=_dim_bounds(program))
 
 

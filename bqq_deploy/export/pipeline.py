@@ -19,7 +19,7 @@ from ..format import save_layers
 from ..quantize import InputStatistics, quantize_weights
 from ..quantize.selection import excluded, too_small
 from ..report import ExportReport, LayerEntry, SkippedLayer
-from ..specs import describe_profiles, integer_inputs, resolve_profiles, sample_inputs
+from ..specs import describe_profiles, integer_inputs, read_npz, resolve_profiles, sample_inputs
 from . import forms, surgery
 from .external import onnx_bytes, write_onnx_files
 from .loaders import TRACED_KINDS, SourceModel, onnx_input_specs
@@ -56,11 +56,7 @@ def load_rows(data, source: SourceModel, what: str = "calibration data") -> dict
     (batches, concatenated). Raises InputError naming the problem."""
     label = str(data) if isinstance(data, (str, Path)) else what
     if isinstance(data, (str, Path)):
-        try:
-            with np.load(data, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except Exception as exc:  # a damaged file: BadZipFile, zlib.error, EOFError, ValueError, ...
-            raise InputError(f"{data}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+        arrays = read_npz(data)
     elif isinstance(data, dict):
         arrays = {str(k): _as_array(v, label) for k, v in data.items()}
     elif isinstance(data, (list, tuple)) and data and all(isinstance(b, dict) for b in data):
