@@ -242,9 +242,13 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
         clock = time.perf_counter()
         # Embedding tables are fit data-free: their "inputs" are token ids.
         inputs = _checked(lambda: surgery.capture_inputs(
-            fp32, [c for c in candidates if c.op_type != "Gather"], data.calib),
-            "the calibration inputs")
+            fp32, [c for c in candidates if c.op_type != "Gather"], data.calib,
+            holdout=options.config.calib_guard), "the calibration inputs")
         timings["calibration capture"] = time.perf_counter() - clock
+        if not any(surgery.ATTENTION_MASK in feeds for feeds in data.calib):
+            notices.add(f"the model has no input named {surgery.ATTENTION_MASK}: every position of "
+                        "the calibration inputs counts as data (padding, if any, included)",
+                        source="calibration")
 
     clock = time.perf_counter()
     weights = {}

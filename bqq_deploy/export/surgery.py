@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PORTABLE = "portable"
 TENSORRT = "trt"
+# The model input whose zeros mark padded positions in calibration feeds (text models).
+ATTENTION_MASK = "attention_mask"
 
 
 @dataclass
@@ -280,11 +282,13 @@ def find_embeddings(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
     return found, rejected
 
 
-def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
-                   feeds_list: list[dict]) -> dict[str, InputStatistics]:
+def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate], feeds_list: list[dict],
+                   holdout: bool = True) -> dict[str, InputStatistics]:
     """Statistics of each candidate's input activations over feeds_list, by running the fp32
     model in ONNX Runtime with those tensors added as graph outputs. Keyed by candidate.layer;
-    layers that read the same tensor share one InputStatistics."""
+    layers that read the same tensor share one InputStatistics. Padded positions are dropped
+    where a feed has an input named attention_mask whose shape matches the rows
+    (InputStatistics.add); holdout: every 8th sample held out for the guard."""
     import onnxruntime as ort
 
     model = forms.copy_model(model)
@@ -297,19 +301,24 @@ def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate],
     options.log_severity_level = 4  # errors arrive as exceptions
     with forms.session_path(model) as what:
         session = ort.InferenceSession(what, options, providers=["CPUExecutionProvider"])
-    # A tensor read by several layers is captured once; a layer whose weight several nodes
-    # share sees the rows of all of them.
-    readers: dict[str, list[str]] = {}
+    # A tensor read by several layers is captured once, and layers that read the same
+    # tensors share one InputStatistics (one metric for the solver); a layer whose weight
+    # several nodes share sees the rows of all of them.
+    reads: dict[str, list[str]] = {}
     for cand in candidates:
-        if cand.layer not in readers.get(cand.input, []):
-            readers.setdefault(cand.input, []).append(cand.layer)
-    stats: dict[str, InputStatistics] = {}
+        if cand.input not in reads.setdefault(cand.layer, []):
+            reads[cand.layer].append(cand.input)
+    shared: dict[tuple, InputStatistics] = {}
     for feeds in feeds_list:
-        for name, value in zip(names, session.run(names, feeds)):
-            rows = torch.from_numpy(value)
-            for layer in readers[name]:
-                stats.setdefault(layer, InputStatistics(value.shape[-1])).add(rows)
-    return stats
+        mask = feeds.get(ATTENTION_MASK)
+        mask = None if mask is None else torch.from_numpy(np.asarray(mask))
+        values = dict(zip(names, session.run(names, feeds)))
+        for tensors in dict.fromkeys(tuple(t) for t in reads.values()):
+            for name in tensors:
+                if tensors not in shared:
+                    shared[tensors] = InputStatistics(values[name].shape[-1], holdout=holdout)
+                shared[tensors].add(torch.from_numpy(values[name]), mask)
+    return {layer: shared[tuple(tensors)] for layer, tensors in reads.items()}
 
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],

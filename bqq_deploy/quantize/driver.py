@@ -1,11 +1,14 @@
 """Runs the solver on layers: input checks, batching several layers' blocks into one solve
 (bounded by config.batch_weights), CPU thread policy, the resumable per-layer cache, the
-progress bar, and packing the result into BQQWeight with its solver statistics."""
+progress bar, and packing the result into BQQWeight with its solver statistics. Calibrated
+layers go through quantize.calibrated (output-aware sweep, guard, bit budget)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,8 +16,9 @@ import torch
 from ..config import BQQConfig
 from ..errors import InputError
 from ..format import BQQWeight, pack_bits
-from ..layout import Layout
+from ..layout import MAX_STACKS, Layout
 from .cache import LayerCache
+from .calibrated import quantize_calibrated
 from .calibration import InputStatistics
 from .solver import fit_layer, solve_stacks, tile, untile
 
@@ -29,11 +33,10 @@ def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tens
                     progress: bool = False) -> BQQWeight:
     """Quantise one weight matrix [M, K] (out x in features) to BQQ.
 
-    All blocks are solved as one batch on config.device. With calib_inputs (this layer's
-    input rows [N, K], or their InputStatistics) the scales are refit to minimise the output
-    error |X W^T - X W_hat^T|^2 and, if config.bias_correction, the bias absorbs the mean
-    output shift. weight.info holds "mse" (weight MSE of the stored fp16 values), "seconds",
-    "steps" (annealing steps run per stack) and more.
+    With calib_inputs (this layer's input rows [N, K], or their InputStatistics) the layer
+    is solved on its output error |X W^T - X W_hat^T|^2 (see quantize_weights). weight.info
+    holds "mse" (weight MSE of the stored fp16 values), "seconds", "steps" (annealing steps
+    run per stack) and more.
     """
     return quantize_weights({"weight": weight}, config,
                             biases=None if bias is None else {"weight": bias},
@@ -45,54 +48,96 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
                      biases: dict[str, torch.Tensor] | None = None,
                      calib: dict[str, torch.Tensor | InputStatistics] | None = None,
                      cache_dir: str | Path | None = None,
-                     progress: bool = True) -> dict[str, BQQWeight]:
+                     progress: bool = True,
+                     stacks: dict[str, int] | None = None,
+                     references: dict[str, BQQWeight] | None = None) -> dict[str, BQQWeight]:
     """Quantise many layers; blocks of several layers share one solver batch (up to
     config.batch_weights padded weights per batch).
 
-    calib: per layer, its input rows [N, K] or their InputStatistics.
+    calib: per layer, its input rows [N, K] or their InputStatistics (layers given the same
+    InputStatistics object read the same input and share its metric). A calibrated layer
+    is solved on its output error (config.calib_bits: output-aware bits, then the scales
+    refit exactly; docs/QUANTIZE.md), its bias corrected (config.bias_correction), and with
+    config.calib_guard it keeps its data-free solution instead when that has the lower
+    output error on the held-out calibration rows (info["guard"]).
     cache_dir: finished layers are kept there (LayerCache), so a rerun (e.g. after an
-    interruption) loads them instead of solving them again. progress: a tqdm bar on stderr
-    (weights done, ETA, error of the current batch).
+    interruption) loads them instead of solving them again. progress: a tqdm bar on stderr.
+    stacks: the stack count of some layers (overrides config.bits; with bits=2.5 the rest
+    are allocated by a sensitivity drop measured on each layer's own output error).
+    references: data-free solutions already solved (at least as deep as the layer), reused
+    by the guard and the budget instead of solving again.
     """
-    biases, calib = dict(biases or {}), dict(calib or {})
-    unknown = (set(biases) | set(calib)) - set(weights)
+    biases, calib, stacks = dict(biases or {}), dict(calib or {}), dict(stacks or {})
+    unknown = (set(biases) | set(calib) | set(stacks)) - set(weights)
     if unknown:
-        raise InputError(f"biases/calib name layers that are not in weights: {sorted(unknown)}")
+        raise InputError(f"biases/calib/stacks name layers that are not in weights: {sorted(unknown)}")
     inputs = {}
     for name, w in weights.items():
         _check_layer(name, w, biases.get(name))
         if name in calib:
             inputs[name] = _input_statistics(name, calib[name], w.shape[1])
+        if name in stacks and (isinstance(stacks[name], bool) or not isinstance(stacks[name], int)
+                               or not 1 <= stacks[name] <= MAX_STACKS):
+            raise InputError(f"{name}: stacks must be an integer in 1..{MAX_STACKS}, got {stacks[name]!r}")
+    lo, hi = config.stack_range
+    free = [n for n in weights if n not in inputs]
+    if lo != hi and any(n not in stacks for n in free):
+        raise InputError(f"bits={config.bits} is an average over layers: it needs calibration inputs "
+                         "to choose each layer's stacks (or give the stacks)")
     cache = LayerCache(cache_dir) if cache_dir is not None else None
-    results: dict[str, BQQWeight] = {}
-    keys, todo = {}, []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="w", unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
+
+    def data_free(depths: dict[str, int]) -> dict[str, BQQWeight]:
+        return _data_free({n: weights[n] for n in depths}, config, depths,
+                          {n: biases[n] for n in depths if n in biases}, cache, bar)
+
+    try:
+        results = data_free({n: stacks.get(n, config.bits) for n in free}) if free else {}
+        if inputs:
+            cal = [n for n in weights if n in inputs]
+            if bar is not None and config.calib_bits:
+                bar.total += sum(weights[n].numel() * stacks.get(n, hi) for n in cal)
+            results.update(quantize_calibrated(
+                {n: weights[n] for n in cal}, config, {n: biases[n] for n in cal if n in biases},
+                inputs, {n: stacks[n] for n in cal if n in stacks},
+                {n: r for n, r in (references or {}).items() if n in inputs}, data_free,
+                _pack, cache, bar, _threads))
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: results[name] for name in weights}
+
+
+def _data_free(weights: dict, config: BQQConfig, depths: dict[str, int], biases: dict, cache, bar) -> dict:
+    """Data-free solves of the given layers at the given depths: cached layers loaded, the
+    rest solved in batches (one stack count per batch)."""
+    results, keys, todo = {}, {}, []
     for name, w in weights.items():
+        cfg = replace(config, bits=depths[name])
         if cache is not None:
-            keys[name] = cache.key(w, config, biases.get(name), inputs.get(name))
+            keys[name] = cache.key(w, cfg, biases.get(name), None)
             results[name] = cache.load(keys[name])
             if results[name] is not None:
                 continue
         todo.append(name)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(weights[n].numel() * config.bits for n in todo), unit="w",
-                   unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
-    try:
-        for batch in _batches(todo, weights, config):
-            solved = _solve_batch({n: weights[n] for n in batch}, config,
-                                  {n: biases[n] for n in batch if n in biases},
-                                  {n: inputs[n] for n in batch if n in inputs}, bar)
+    if bar is not None:
+        bar.total += sum(weights[n].numel() * depths[n] for n in todo)
+        bar.refresh()
+    for depth in sorted({depths[n] for n in todo}):
+        cfg = replace(config, bits=depth)
+        for batch in _batches([n for n in todo if depths[n] == depth], weights, cfg):
+            solved = _solve_batch({n: weights[n] for n in batch}, cfg,
+                                  {n: biases[n] for n in batch if n in biases}, bar)
             for name, packed in solved.items():
                 packed.info["cache_hit"] = False
                 if cache is not None:
                     cache.store(keys[name], packed)
                 results[name] = packed
-    finally:
-        if bar is not None:
-            bar.close()
-    return {name: results[name] for name in weights}
+    return results
 
 
 def _check_layer(name: str, weight, bias) -> None:
@@ -122,7 +167,7 @@ def _input_statistics(name: str, calib, features: int) -> InputStatistics:
 
 
 def _layout(weight: torch.Tensor, config: BQQConfig) -> Layout:
-    return Layout.for_weight(*weight.shape, config.group_shape, config.rank, config.bits)
+    return Layout.for_weight(*weight.shape, config.group_shape, config.rank, config.stacks)
 
 
 def _batches(names: list[str], weights: dict, config: BQQConfig):
@@ -145,20 +190,30 @@ def _device(config: BQQConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def _solve_batch(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar=None) -> dict:
-    """Quantise several layers (same group shape) as one block batch."""
-    padded = sum(_layout(w, config).padded_weights for w in weights.values())
+@contextlib.contextmanager
+def _threads(padded_weights: int):
+    """The CPU thread policy for a solver batch of this many padded weights."""
     threads = torch.get_num_threads()
-    if _device(config).type == "cpu" and padded < _SINGLE_THREAD_BELOW and threads > 1:
+    if padded_weights < _SINGLE_THREAD_BELOW and threads > 1:
         torch.set_num_threads(1)
         try:
-            return _solve_batch_on(weights, config, biases, inputs, bar)
+            yield
         finally:
             torch.set_num_threads(threads)
-    return _solve_batch_on(weights, config, biases, inputs, bar)
+    else:
+        yield
 
 
-def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar) -> dict:
+def _solve_batch(weights: dict, config: BQQConfig, biases: dict, bar=None) -> dict:
+    """Quantise several layers (same group shape and stacks) data-free as one block batch."""
+    padded = sum(_layout(w, config).padded_weights for w in weights.values())
+    if _device(config).type == "cpu":
+        with _threads(padded):
+            return _solve_batch_on(weights, config, biases, bar)
+    return _solve_batch_on(weights, config, biases, bar)
+
+
+def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, bar) -> dict:
     device = _device(config)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     g_r, g_c = config.group_shape
@@ -186,10 +241,10 @@ def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict
     solve_seconds = time.perf_counter() - start
     out = {}
     for name, (lo, hi) in spans.items():
-        w, layer_inputs = dense[name], inputs.get(name)
+        w = dense[name]
         sol = solution.blocks(lo, hi)
         try:
-            fit = fit_layer(w, sol, config, biases.get(name), layer_inputs)
+            fit = fit_layer(w, sol, config, biases.get(name), None)
         except ValueError as exc:
             raise InputError(f"{name}: {exc}") from None
         out[name] = _pack(sol, fit, w.shape, config)
@@ -202,17 +257,13 @@ def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict
             "seconds": solve_seconds * w.numel() / total_weights,
             "batch_layers": len(weights),
             "device": str(device),
-            "calibrated": layer_inputs is not None,
+            "calibrated": False,
         }
-        if layer_inputs is not None:
-            out[name].info["calib_output_mse"] = layer_inputs.output_mse(w - fit.w_hat)
-            if fit.bias_shift_norm is not None:
-                out[name].info["bias_shift_norm"] = fit.bias_shift_norm
     return out
 
 
 def _pack(sol, fit, shape: tuple[int, int], config: BQQConfig) -> BQQWeight:
-    layout = Layout.for_weight(*shape, config.group_shape, config.rank, config.bits)
+    layout = Layout.for_weight(*shape, config.group_shape, config.rank, config.stacks)
     p, (rows, cols) = layout.stacks, layout.grid
     y_all = torch.stack(sol.ys).reshape(p, rows, cols, layout.group_rows, layout.rank)
     z_all = torch.stack(sol.zs).transpose(-1, -2).reshape(p, rows, cols, layout.group_cols, layout.rank)
