@@ -49,7 +49,9 @@ def decoded_model(path: str | Path) -> tuple[onnx.ModelProto, dict[str, np.ndarr
         fields = {a.name: a.i for a in node.attribute}
         layout = Layout.checked({contract.MATMUL.attribute_fields[k]: v for k, v in fields.items()
                                  if k in contract.MATMUL.attribute_fields}, node.name)
-        y, z, s = (torch.from_numpy(numpy_helper.to_array(inits[name])) for name in node.input)
+        # Copies: to_array may return a read-only view of the protobuf, which torch will not
+        # wrap (the packed tensors are small).
+        y, z, s = (torch.from_numpy(numpy_helper.to_array(inits[name]).copy()) for name in node.input)
         w_hat = BQQWeight(layout.out_features, layout.in_features, layout.group_rows,
                           layout.group_cols, layout.rank, y, z, s).validate(node.name).dequantize()
         name, after = node.output[0], users[node.output[0]]
