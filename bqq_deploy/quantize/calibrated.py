@@ -163,7 +163,8 @@ def _sweep_chunk(chunk, weights, inputs, depth, config: BQQConfig, bar, threads)
         stats = inputs[name]
         if id(stats) not in shared:
             hessian = stats.hessian(config.calib_damp).to(device)
-            shared[id(stats)] = BlockMetrics(hessian, config.group_shape[1])
+            with threads(hessian.numel()):
+                shared[id(stats)] = BlockMetrics(hessian, config.group_shape[1])
         metrics.append(shared[id(stats)])
     gen = torch.Generator(device=device).manual_seed(config.seed)
     progress = None
