@@ -5,6 +5,10 @@ layer is measured on prefixes of one data-free solve (calibrated.fewer_stacks)."
 
 from __future__ import annotations
 
+import logging
+
+_log = logging.getLogger(__name__)
+
 
 def allocate(sizes: dict[str, int], drops: dict[str, float], average: float, lo: int, hi: int) -> dict[str, int]:
     """Stacks per layer: every layer lo, then hi for the layers with the largest drop per
@@ -17,4 +21,9 @@ def allocate(sizes: dict[str, int], drops: dict[str, float], average: float, lo:
         if drops[name] > 0 and sizes[name] <= left:
             chosen[name] = hi
             left -= sizes[name]
+    deeper = [n for n in sizes if chosen[n] == hi and hi > lo]
+    mean = sum(chosen[n] * sizes[n] for n in sizes) / max(total, 1)
+    _log.info("bqq: bit budget %g stacks: %d layer(s) with %d, %d with %d (%.3f stacks per weight)%s",
+              average, len(sizes) - len(deeper), lo, len(deeper), hi, mean,
+              f"; {hi} stacks: {', '.join(deeper)}" if deeper else "")
     return chosen

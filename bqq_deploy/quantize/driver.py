@@ -83,7 +83,7 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
     free = [n for n in weights if n not in inputs]
     if lo != hi and any(n not in stacks for n in free):
         raise InputError(f"bits={config.bits} is an average over layers: it needs calibration inputs "
-                         "to choose each layer's stacks (or give the stacks)")
+                         "(--calib, calib_inputs) to choose each layer's stacks")
     cache = LayerCache(cache_dir) if cache_dir is not None else None
     bar = None
     if progress:
