@@ -379,7 +379,7 @@ def _load_baselines():
 def test_default_beats_round_to_nearest_on_heavy_tailed_weights_at_fewer_bits(bits, target):
     # Student-t(4) weights (heavier tails than trained transformer layers usually have).
     # Measured on this matrix: 0.43 (2 stacks) and 0.93 (3 stacks) of RTN's MSE (0.40 / 0.82
-    # on 512x1024, docs/QUANTIZE.md); the asserted bounds are the project's targets. The
+    # on 512x1024, docs/SOLVER_TUNING.md); the asserted bounds are the project's targets. The
     # solve is deterministic on CPU. RTN pays 2.5 / 3.5 bits per weight, BQQ 2.03 / 3.05.
     torch.manual_seed(20)
     w = torch.distributions.StudentT(4.0).sample((128, 256))
