@@ -53,10 +53,10 @@ _BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1,
                            bitorder="little").astype(np.float32)
 
 
-def _unpack_float(words: torch.Tensor, rank: int) -> torch.Tensor:
-    """int32 words [..., L] (CPU) -> float32 {0, 1} [..., rank]."""
-    little = np.ascontiguousarray(words.numpy(), dtype="<i4").view(np.uint8)
-    bits = torch.from_numpy(np.take(_BYTE_BITS, little, axis=0))  # [..., 4L, 8]; take: 4x fancy indexing
+def _unpack_float(words: np.ndarray, rank: int) -> np.ndarray:
+    """int32 words [..., L] -> float32 {0, 1} [..., rank]."""
+    little = np.ascontiguousarray(words, dtype="<i4").view(np.uint8)
+    bits = np.take(_BYTE_BITS, little, axis=0)  # [..., 4L, 8]; take: 4x fancy indexing
     return bits.reshape(*words.shape[:-1], -1)[..., :rank]
 
 
@@ -64,10 +64,9 @@ def _unpack_float(words: torch.Tensor, rank: int) -> torch.Tensor:
 _DEQUANTIZE_CHUNK = 1 << 20
 
 
-def _popcount(words: torch.Tensor) -> torch.Tensor:
+def _popcount(words: np.ndarray) -> np.ndarray:
     """Set bits per packed row: int32 words [..., L] -> float32 [...]."""
-    counts = np.bitwise_count(np.ascontiguousarray(words.numpy()).view(np.uint32))
-    return torch.from_numpy(counts.sum(-1, dtype=np.float32))
+    return np.bitwise_count(np.ascontiguousarray(words).view(np.uint32)).sum(-1, dtype=np.float32)
 
 
 @dataclass
@@ -141,15 +140,16 @@ class BQQWeight:
 
     def dequantize(self) -> torch.Tensor:
         """The dense reconstruction W_hat [M, K] in float32 (for checks, reports and the
-        portable ONNX Runtime loader; the forward pass never builds it)."""
+        portable ONNX Runtime loader; the forward pass never builds it). Computed with numpy
+        on one thread: predictable on a busy host, and no torch start-up cost for small models."""
         p, rows, cols, g_r, _ = self.y_bits.shape
-        g_c = self.group_cols
-        a, b, c, d = (t.permute(1, 2, 0) for t in self.scales.cpu().float().unbind(-1))  # [R, C, p]
+        g_c, rank = self.group_cols, self.rank
+        a, b, c, d = self.scales.cpu().float().numpy().transpose(3, 1, 2, 0)  # each [R, C, p]
         # Bits unpacked straight into [R, C, g, p, l] (the packed words are 32x smaller to
         # permute), so all stacks of a block are one product: [a_1 Y_1 .. a_p Y_p] [Z_1 .. Z_p]^T;
         # then the row terms sum_k b_k (Y_k 1) + d_k and the column terms sum_k c_k (Z_k 1).
-        y_words, z_words = (t.cpu().permute(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
-        dense = torch.empty(self.out_features, self.in_features)
+        y_words, z_words = (t.cpu().numpy().transpose(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
+        dense = np.empty((self.out_features, self.in_features), np.float32)
         # A few block rows at a time: the bits unpacked to floats outnumber the weights they
         # make (about p times at the default rank), so whole-matrix temporaries would cost
         # several times the result (an embedding table: hundreds of MB); bounded ones are
@@ -158,18 +158,16 @@ class BQQWeight:
         for top in range(0, rows, step):
             part = slice(top, min(rows, top + step))
             n = part.stop - top
-            # a expanded over l first: the product then runs over contiguous [p, l] rows.
-            a_rows = a[part, :, None, :, None].expand(n, cols, 1, p, self.rank).contiguous()
-            y_all = _unpack_float(y_words[part], self.rank).mul_(a_rows)
-            z_all = _unpack_float(z_words[part], self.rank)
-            blocks = torch.bmm(y_all.reshape(n * cols, g_r, -1), z_all.reshape(n * cols, g_c, -1).transpose(1, 2))
+            y_all = _unpack_float(y_words[part], rank) * a[part, :, None, :, None]
+            z_all = _unpack_float(z_words[part], rank)
+            blocks = np.matmul(y_all.reshape(n * cols, g_r, p * rank),
+                               z_all.reshape(n * cols, g_c, p * rank).transpose(0, 2, 1))
             blocks = blocks.reshape(n, cols, g_r, g_c)
             blocks += ((_popcount(y_words[part]) * b[part, :, None, :]).sum(-1) + d[part].sum(-1)[..., None])[..., None]
             blocks += (_popcount(z_words[part]) * c[part, :, None, :]).sum(-1)[..., None, :]
-            first = top * g_r
-            last = min(self.out_features, part.stop * g_r)
-            dense[first:last] = blocks.permute(0, 2, 1, 3).reshape(n * g_r, cols * g_c)[: last - first, : self.in_features]
-        return dense
+            first, last = top * g_r, min(self.out_features, part.stop * g_r)
+            dense[first:last] = blocks.transpose(0, 2, 1, 3).reshape(n * g_r, cols * g_c)[: last - first, : self.in_features]
+        return torch.from_numpy(dense)
 
     @property
     def nbytes(self) -> int:
