@@ -140,8 +140,8 @@ class BQQWeight:
 
     def dequantize(self) -> torch.Tensor:
         """The dense reconstruction W_hat [M, K] in float32 (for checks, reports and the
-        portable ONNX Runtime loader; the forward pass never builds it). Computed with numpy
-        on one thread: predictable on a busy host, and no torch start-up cost for small models."""
+        portable ONNX Runtime loader; the forward pass never builds it). Computed with numpy:
+        no torch thread start-up per call, which dominated small models on a busy host."""
         p, rows, cols, g_r, _ = self.y_bits.shape
         g_c, rank = self.group_cols, self.rank
         a, b, c, d = self.scales.cpu().float().numpy().transpose(3, 1, 2, 0)  # each [R, C, p]
