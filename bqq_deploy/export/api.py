@@ -21,9 +21,11 @@ from .pipeline import export_bundle
 def export_model(model: torch.nn.Module, args, out_dir, *, config: BQQConfig | None = None,
                  target: str = "onnx", calib=None, val=None, dynamic_shapes=None,
                  exclude=(), tolerances=None, force: bool = False, progress: bool = False,
-                 bench_iters: int = 0, cache_dir=None, build_on_device: bool = False) -> ExportReport:
+                 bench_iters: int = 0, cache_dir=None, build_on_device: bool = False) -> ExportReport | None:
     """Quantise model's linear layers with BQQ and write the bundle directory out_dir
-    (docs/ONNX.md); returns the ExportReport (report.passed: the verdict).
+    (docs/ONNX.md); returns the ExportReport (report.passed: the verdict). Under torchrun
+    the ranks share the solving (cache_dir required, shared); rank 0 writes the bundle and
+    returns the report, the other ranks return None (docs/SCALE.md).
 
     args: example inputs as torch.onnx.export takes them: a tensor, a tuple of tensors
     (positional), a dict of tensors (keyword: {"input_ids": ..., "attention_mask": ...}), or

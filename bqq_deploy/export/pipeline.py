@@ -16,7 +16,7 @@ import torch
 from ..bundle import Bundle
 from ..errors import BQQError, InputError
 from ..format import save_layers
-from ..quantize import InputStatistics, quantize_weights
+from ..quantize import InputStatistics, distributed, quantize_weights
 from ..quantize.selection import excluded, too_small
 from ..report import ExportReport, LayerEntry, SkippedLayer
 from ..specs import describe_profiles, integer_inputs, read_npz, resolve_profiles, sample_inputs
@@ -204,8 +204,12 @@ def fp32_onnx(source: SourceModel) -> onnx.ModelProto:
 
 
 def export_bundle(source: SourceModel, out: str | Path,
-                  options: ExportOptions | None = None) -> ExportReport:
+                  options: ExportOptions | None = None) -> ExportReport | None:
     """Quantise source's linear layers and write the bundle directory out; returns the report.
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs this: the layers are solved by all ranks
+    (quantize.distributed, through options.cache_dir, which they must share), rank 0 writes
+    the bundle and returns the report, the other ranks return None once their share is done.
 
     The bundle (docs/ONNX.md): model.onnx (portable, ONNX Runtime), model.trt.onnx and
     model.trt.fp16.onnx (TensorRT plugin forms), layers.bqq.safetensors, report.json/md;
@@ -214,6 +218,10 @@ def export_bundle(source: SourceModel, out: str | Path,
     (the CLI turns it into exit status 1). Warnings are collected into report.warnings."""
     options = options or ExportOptions()
     Bundle.check_destination(out, options.force)  # fail before minutes of solving
+    if distributed.setup() and options.cache_dir is None:
+        raise InputError("a torch.distributed export needs a solver cache directory shared by "
+                         "every rank (--cache-dir, cache_dir=): the ranks hand their layers over "
+                         "through it")
     notices = Notices()
     with collecting(notices):
         return _export(source, out, options, notices)
@@ -256,6 +264,8 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
             calib={c.layer: inputs[c.layer] for c in group if c.layer in (inputs or {})},
             cache_dir=options.cache_dir, progress=options.progress) if group else {})
     timings["quantisation"] = time.perf_counter() - clock
+    if not distributed.is_writer():
+        return None
 
     clock = time.perf_counter()
     models = _rewrite(fp32, candidates, weights)

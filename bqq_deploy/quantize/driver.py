@@ -14,6 +14,7 @@ from ..config import BQQConfig
 from ..errors import InputError
 from ..format import BQQWeight, pack_bits
 from ..layout import Layout
+from . import distributed
 from .cache import LayerCache
 from .calibration import InputStatistics
 from .solver import fit_layer, solve_stacks, tile, untile
@@ -53,6 +54,9 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
     cache_dir: finished layers are kept there (LayerCache), so a rerun (e.g. after an
     interruption) loads them instead of solving them again. progress: a tqdm bar on stderr
     (weights done, ETA, error of the current batch).
+    Under torchrun (WORLD_SIZE > 1) the batches are shared out among the ranks
+    (quantize.distributed; cache_dir is then required and must be shared), every rank
+    returns every layer, byte-identical to a one-process run.
     """
     biases, calib = dict(biases or {}), dict(calib or {})
     unknown = (set(biases) | set(calib)) - set(weights)
@@ -64,35 +68,46 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
         if name in calib:
             inputs[name] = _input_statistics(name, calib[name], w.shape[1])
     cache = LayerCache(cache_dir) if cache_dir is not None else None
-    results: dict[str, BQQWeight] = {}
-    keys, todo = {}, []
-    for name, w in weights.items():
-        if cache is not None:
-            keys[name] = cache.key(w, config, biases.get(name), inputs.get(name))
-            results[name] = cache.load(keys[name])
-            if results[name] is not None:
-                continue
-        todo.append(name)
+    keys = {name: cache.key(w, config, biases.get(name), inputs.get(name))
+            for name, w in weights.items()} if cache is not None else {}
+    solve = lambda batches: _solve_batches(batches, weights, config, biases, inputs,  # noqa: E731
+                                           progress and distributed.is_writer())
+    if distributed.setup():  # torchrun: the batches of one process, dealt to the ranks
+        results = distributed.solve_across_ranks(list(_batches(list(weights), weights, config)),
+                                                 keys, cache, solve)
+        return {name: results[name] for name in weights}
+    results: dict[str, BQQWeight | None] = {}
+    todo = []
+    for name in weights:
+        results[name] = cache.load(keys[name]) if cache is not None else None
+        if results[name] is None:
+            todo.append(name)
+    for solved in solve(list(_batches(todo, weights, config))):
+        for name, packed in solved.items():
+            packed.info["cache_hit"] = False
+            if cache is not None:
+                cache.store(keys[name], packed)
+            results[name] = packed
+    return {name: results[name] for name in weights}
+
+
+def _solve_batches(batches: list[list[str]], weights: dict, config: BQQConfig, biases: dict,
+                   inputs: dict, progress: bool):
+    """Solve batches in order, yielding each one's layers; progress: a tqdm bar on stderr."""
     bar = None
-    if progress and todo:
+    if progress and batches:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(weights[n].numel() * config.bits for n in todo), unit="w",
-                   unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=sum(weights[n].numel() * config.bits for b in batches for n in b),
+                   unit="w", unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
     try:
-        for batch in _batches(todo, weights, config):
-            solved = _solve_batch({n: weights[n] for n in batch}, config,
-                                  {n: biases[n] for n in batch if n in biases},
-                                  {n: inputs[n] for n in batch if n in inputs}, bar)
-            for name, packed in solved.items():
-                packed.info["cache_hit"] = False
-                if cache is not None:
-                    cache.store(keys[name], packed)
-                results[name] = packed
+        for batch in batches:
+            yield _solve_batch({n: weights[n] for n in batch}, config,
+                               {n: biases[n] for n in batch if n in biases},
+                               {n: inputs[n] for n in batch if n in inputs}, bar)
     finally:
         if bar is not None:
             bar.close()
-    return {name: results[name] for name in weights}
 
 
 def _check_layer(name: str, weight, bias) -> None:
