@@ -105,7 +105,9 @@ def solve_across_ranks(batches: list[list[str]], keys: dict[str, str], cache: La
     if me == 0:
         todo = [i for i, batch in enumerate(batches)
                 if any(cache.load(keys[name]) is None for name in batch)]
-    todo = _broadcast(todo)
+    # Rank 0's keys too: calibration statistics computed on other hardware may differ in the
+    # last bits, and the layers must still meet under one name.
+    todo, keys = _broadcast((todo, keys))
     for solved in solve([batches[i] for i in todo[me::ranks]]):
         for name, packed in solved.items():
             packed.info.update(cache_hit=False, rank=me)

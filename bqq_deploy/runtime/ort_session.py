@@ -5,7 +5,9 @@ its weight, through a chain of standard ops whose intermediates (bits as floats,
 products) cost seconds and, transiently, several times the model's memory. `ort_session`
 instead decodes the packed tensors with torch (BQQWeight.dequantize: the same W_hat) and
 hands ONNX Runtime the decoded weights as external initializers, which it uses in place:
-session creation and memory are then those of the float model."""
+session creation and memory are then those of the float model. Only the packed tensors are
+read here; the file's other external data (weights.bin) ONNX Runtime reads itself, so no
+copy of the model passes through protobuf (which stops at 2 GB)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from onnx.external_data_helper import set_external_data
 from .. import contract
 from ..format import BQQWeight
 from ..layout import Layout
+from ..tensors import TensorFiles
 
 # Location named by the placeholders of decoded weights: never read (their data is given
 # to ONNX Runtime directly), so it need not exist.
@@ -30,8 +33,10 @@ _DECODED = "bqq-decoded-in-memory"
 
 def decoded_model(path: str | Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The model at path with every BQQDecode node (and the Transpose that may follow it)
-    replaced by an external-data placeholder initializer, and the decoded arrays by name."""
-    model = onnx.load(str(path))
+    replaced by an external-data placeholder initializer, and the decoded arrays by name;
+    other external tensors are left where they are (files beside path)."""
+    model = onnx.load(str(path), load_external_data=False)
+    files = TensorFiles(Path(path).parent)
     graph = model.graph
     decoders = [n for n in graph.node if n.domain == contract.DOMAIN and n.op_type == contract.DECODE_OP]
     if not decoders:
@@ -49,7 +54,7 @@ def decoded_model(path: str | Path) -> tuple[onnx.ModelProto, dict[str, np.ndarr
         fields = {a.name: a.i for a in node.attribute}
         layout = Layout.checked({contract.MATMUL.attribute_fields[k]: v for k, v in fields.items()
                                  if k in contract.MATMUL.attribute_fields}, node.name)
-        y, z, s = (torch.from_numpy(numpy_helper.to_array(inits[name])) for name in node.input)
+        y, z, s = (torch.from_numpy(files.array(inits[name])) for name in node.input)
         w_hat = BQQWeight(layout.out_features, layout.in_features, layout.group_rows,
                           layout.group_cols, layout.rank, y, z, s).validate(node.name).dequantize()
         name, after = node.output[0], users[node.output[0]]
@@ -93,6 +98,9 @@ def ort_session(path: str | Path, options=None, providers: Sequence[str] | None 
         return ort.InferenceSession(str(path), options, providers=providers)
     values = [ort.OrtValue.ortvalue_from_numpy(array) for array in decoded.values()]
     options.add_external_initializers(list(decoded), values)
+    # the file's own external data (weights.bin), found beside it though the bytes come from here
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(Path(path).resolve().parent))
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     session._bqq_decoded = (decoded, values)  # ONNX Runtime reads these buffers in place
     return session
