@@ -79,7 +79,9 @@ class TensorFiles:
         """tensor's values (a new array, read from disk for an external tensor)."""
         entry = external_entry(tensor)
         if entry is None:
-            return numpy_helper.to_array(tensor)
+            # A copy: to_array may return a read-only view of the protobuf (torch will not
+            # wrap one); inline tensors are small.
+            return numpy_helper.to_array(tensor).copy()
         location, offset, length = entry
         path = self.root / _safe_location(location, tensor.name)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
