@@ -36,7 +36,8 @@ def reset_peak() -> bool:
 
 
 class Stages:
-    """Wall time (s) and peak RSS (MiB) of each named stage of a job, in order."""
+    """Wall time (s) and peak RSS (MiB) of each named stage of a job, in order; a stage
+    entered several times (one per group of layers) adds its times and keeps its top peak."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -49,5 +50,5 @@ class Stages:
         try:
             yield
         finally:
-            self.seconds[name] = time.perf_counter() - start
-            self.peak_rss_mib[name] = round(peak_rss_mib(), 1)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.peak_rss_mib[name] = max(self.peak_rss_mib.get(name, 0.0), round(peak_rss_mib(), 1))
