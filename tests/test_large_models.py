@@ -165,19 +165,19 @@ def test_no_protobuf_message_holds_the_weights(tmp_path, monkeypatch):
     # Protobuf cannot serialise or parse a message of 2 GiB; an export of a model past that
     # size works only if no ModelProto that goes through protobuf holds the weights. Tested
     # on a small model against a limit lowered in proportion (LIMIT stands for the 2 GiB):
-    # the weights take over 8 x LIMIT, every message serialised or parsed during the export
+    # the weights take 6 x LIMIT, every message serialised or parsed during the export
     # (onnx.save, onnx.checker, shape inference, ONNX Runtime sessions, onnx.load) less than
-    # LIMIT. (The graph without its tensors, 0.37 MB here, is mostly the exporter's per-node
+    # LIMIT. (The graph without its tensors, 0.2 MB here, is mostly the exporter's per-node
     # metadata: it grows with the layer count, not the weights.) The real size:
     # bench/decoder_scale.py (a 1.98 GB model, bench/results/decoder_scale.md).
     monkeypatch.setattr(onnx_export, "LARGE_MODULE_BYTES", 0)  # the route of large modules
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+    config = transformers.Qwen2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                                       num_key_value_heads=1, intermediate_size=256,
-                                      vocab_size=16384, tie_word_embeddings=True, use_cache=False)
+                                      vocab_size=8192, tie_word_embeddings=True, use_cache=False)
     model = transformers.Qwen2ForCausalLM(config).eval()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
-    LIMIT = weight_bytes // 8
+    LIMIT = weight_bytes // 6
     sizes = []
     serialize, parse = onnx.ModelProto.SerializeToString, onnx.ModelProto.ParseFromString
 
@@ -199,6 +199,6 @@ def test_no_protobuf_message_holds_the_weights(tmp_path, monkeypatch):
                           dynamic_shapes={k: {0: "batch", 1: "seq"} for k in example})
     monkeypatch.undo()
     assert report.passed, report.verdict
-    assert len(report.layers) == 2 + 2 * 7
+    assert len(report.layers) == 2 + 7
     assert {kind for kind, _ in sizes} == {"serialised", "parsed"}  # the hooks saw the export
     assert max(n for _, n in sizes) < LIMIT, (LIMIT, sorted(sizes, key=lambda s: -s[1])[:3])
