@@ -127,9 +127,9 @@ class TensorFiles:
                 self.assign(tensor, numpy_helper.to_array(tensor))
 
     def adopt(self, model: onnx.ModelProto, directory: Path) -> None:
-        """Make the external data files of model (a file in directory) readable here, by hard
-        link where the file system allows, else by copy (ONNX Runtime refuses data files
-        reached through a symbolic link to another directory)."""
+        """Make the external data files of model (a file in directory) readable here: copied
+        file to file, never loaded (ONNX Runtime refuses data files reached through a
+        symbolic link to another directory, and onnx.checker those with several hard links)."""
         for tensor in model.graph.initializer:
             entry = external_entry(tensor)
             if entry is None:
@@ -144,10 +144,7 @@ class TensorFiles:
             if not source.is_file():
                 raise InputError(f"tensor {tensor.name!r}: external data file {source} not found")
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
+            shutil.copyfile(source, target)
 
     def save_path(self, stem: str) -> Path:
         """A new .onnx file name in this directory."""
