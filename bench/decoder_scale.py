@@ -8,7 +8,7 @@ Then model.onnx in ONNX Runtime against the PyTorch model holding the dequantise
 on a few tokens. Appends the time, peak RSS per stage and the parity to
 bench/results/decoder_scale.md with the machine named.
 
-    nice -n 10 python bench/decoder_scale.py                      # the 0.5B model, preset fast
+    nice -n 10 python bench/decoder_scale.py --threads 1          # the 0.5B model, preset fast
     python bench/decoder_scale.py --layers 2 --vocab 8192 --steps 0 --no-record   # a rehearsal
 """
 
@@ -65,13 +65,16 @@ def dequantised_parity(model, bundle: Path, feeds: dict[str, torch.Tensor]) -> f
     state = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, weight in load_layers(bundle / "layers.bqq.safetensors").items():
+            # export_model names layers by parameter; an ONNX file by the module path it
+            # records, here under the Logits wrapper's "model."
+            key = name if name in state else name.removeprefix("model.") + ".weight"
             w_hat = weight.dequantize()
-            if name == "lm_head.weight":
+            if key == "lm_head.weight":
                 model.lm_head.weight = torch.nn.Parameter(w_hat)
             else:
-                state[name].copy_(w_hat)
+                state[key].copy_(w_hat)
             if weight.bias is not None:
-                state[name.removesuffix("weight") + "bias"].copy_(weight.bias)
+                state[key.removesuffix("weight") + "bias"].copy_(weight.bias)
         want = model(**feeds).logits.numpy()
     got = load(bundle / "model.onnx", backend="onnxruntime",
                providers=["CPUExecutionProvider"]).run({k: v.numpy() for k, v in feeds.items()})["logits"]
@@ -98,13 +101,15 @@ def export_onnx(model, path: Path, vocab: int) -> None:
     program.save(str(path), external_data=True)
 
 
-def run_peak(command: list[str]) -> tuple[int, float, float]:
-    """Run command; its exit status, wall seconds and peak RSS in MiB (sampled every 0.2 s:
-    the whole process, which the report's per-stage peaks do not cover before the export)."""
+def run_peak(command: list[str], threads: int | None) -> tuple[int, float, float]:
+    """Run command (on `threads` torch threads); its exit status, wall seconds and peak RSS in
+    MiB (sampled every 0.2 s: the whole process, which the report's per-stage peaks do not
+    cover before the export)."""
     import psutil
 
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
-    proc = subprocess.Popen(command)
+    proc = subprocess.Popen(command, env=env)
     watched, peak = psutil.Process(proc.pid), 0.0
     while proc.poll() is None:
         try:
@@ -128,9 +133,15 @@ def main() -> None:
     parser.add_argument("--flip-rounds", type=int, help="override the preset (rehearsals)")
     parser.add_argument("--out", type=Path, help="bundle directory (default: a temporary one)")
     parser.add_argument("--cache-dir", type=Path, help="solver cache (resume an interrupted run)")
+    parser.add_argument("--onnx", type=Path, help="--source onnx: the file an earlier run of this "
+                        "script wrote for the same --layers and --vocab (skips the torch export)")
+    parser.add_argument("--threads", type=int, help="solver threads of bqq-export (on a loaded "
+                        "machine one thread is several times faster than two)")
     parser.add_argument("--shared", default="yes", help="whether other jobs shared the machine")
     parser.add_argument("--no-record", action="store_true", help="print, do not append results")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = BQQConfig.preset(args.preset, seed=0)
     config = replace(config, **{k: v for k, v in (("steps", args.steps), ("flip_rounds", args.flip_rounds))
                                 if v is not None})
@@ -145,14 +156,16 @@ def main() -> None:
         rows.append(("build the model (torch, random weights)", time.perf_counter() - start, peak_rss_mib()))
         fp32_mib = parameters * 4 / 2**20
         if args.source == "onnx":
-            reset_peak()
-            start = time.perf_counter()
-            export_onnx(model, scratch / "qwen2.onnx", args.vocab)
-            rows.append(("torch.onnx.export to a file (not bqq-export)", time.perf_counter() - start,
-                         peak_rss_mib()))
+            onnx_file = args.onnx or scratch / "qwen2.onnx"
+            if args.onnx is None:
+                reset_peak()
+                start = time.perf_counter()
+                export_onnx(model, onnx_file, args.vocab)
+                rows.append(("torch.onnx.export to a file (not bqq-export)",
+                             time.perf_counter() - start, peak_rss_mib()))
             del model
             gc.collect()
-            command = [sys.executable, "-m", "bqq_deploy.cli.export", str(scratch / "qwen2.onnx"),
+            command = [sys.executable, "-m", "bqq_deploy.cli.export", str(onnx_file),
                        "-o", str(out), "--quality", args.preset, "--seed", "0", "--no-validate",
                        "--force", "--shapes", "input_ids:1x1/1x16/8x512",
                        "--shapes", "attention_mask:1x1/1x16/8x512"]
@@ -160,7 +173,7 @@ def main() -> None:
             command += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else ["--no-cache"]
             if args.flip_rounds is not None:
                 raise SystemExit("--flip-rounds: bqq-export has no such flag; use --source module")
-            status, export_s, export_peak = run_peak(command)
+            status, export_s, export_peak = run_peak(command, args.threads)
             if status != 0:
                 raise SystemExit(f"bqq-export exited with {status}")
             report = ExportReport.from_dict(json.loads((out / "report.json").read_text()))
@@ -184,7 +197,8 @@ def main() -> None:
     lines = [
         f"\n## {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}: {how}\n",
         f"{machine_summary()}; machine shared with other jobs: {args.shared}; "
-        f"niceness {os.nice(0)}\n",
+        f"niceness {os.nice(0)}; bqq-export on {args.threads or torch.get_num_threads()} "
+        f"thread(s){'; the ONNX file of an earlier run' if args.onnx else ''}\n",
         f"Qwen2 shape, {args.layers} layers, vocabulary {args.vocab}: {parameters / 1e6:.1f}M parameters, fp32 "
         f"{fp32_mib:.0f} MiB. Preset `{args.preset}` ({config.bits} bits, {config.steps} steps, "
         f"{config.flip_rounds} flip rounds), {len(report.layers)} layers quantised, "

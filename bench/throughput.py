@@ -4,7 +4,7 @@ one Qwen2-0.5B decoder block (q, k, v, o: 896 wide, 2 KV heads of 64; gate, up, 
 4864), drawn N(0, 0.02^2); `--layers attention` keeps q, k, v, o only (1.83M weights).
 Appends a table to bench/results/throughput.md with the machine named.
 
-    python bench/throughput.py presets --layers attention              # this CPU, every preset
+    python bench/throughput.py presets --layers attention --threads 1  # this CPU, every preset
     python bench/throughput.py presets --device cuda                   # a GPU (make gpu-check)
     python bench/throughput.py scaling --layers attention --batch-weights 262144   # 1 vs 2 processes
 
@@ -56,6 +56,8 @@ def timed(w: dict, config: BQQConfig, cache_dir=None) -> tuple[float, dict]:
 
 
 def presets(args) -> tuple[str, str]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     w = weights(args.layers)
     total = sum(t.numel() for t in w.values())
     header = ["preset", "bits", "device", "weights", "wall s", "s / M weights", "weight MSE / Var(W)"]
@@ -75,7 +77,7 @@ def presets(args) -> tuple[str, str]:
 def worker(args) -> None:
     """One process of a scaling run (plain, or a torchrun rank): time the solve, rank 0
     writes seconds and a digest of the bits to args.result."""
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or 1)
     config = BQQConfig.preset(args.preset, bits=args.bits, device=args.device,
                               batch_weights=args.batch_weights)
     if config.device.startswith("cuda"):
@@ -138,7 +140,8 @@ def main() -> None:
                         help="scaling: solver batch size (batches are what the ranks share)")
     parser.add_argument("--shared", default="yes", help="whether other jobs shared the machine")
     parser.add_argument("--no-record", action="store_true", help="print, do not append results")
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help="presets: torch threads (default: torch's; "
+                        "on a loaded machine one is several times faster than two)")
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
