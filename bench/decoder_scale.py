@@ -58,16 +58,19 @@ def tokens(batch: int, seq: int, seed: int, vocab: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def dequantised_parity(model, bundle: Path, feeds: dict[str, torch.Tensor]) -> float:
+def dequantised_parity(model, bundle: Path, feeds: dict[str, torch.Tensor], ops: dict[str, str]) -> float:
     """max|ORT(model.onnx) - torch| / max|torch| on feeds, the torch model holding every
     W_hat of layers.bqq.safetensors (the tied embedding and LM head untied: each has its own
-    W_hat). Changes model in place."""
+    W_hat); ops: each layer's ONNX op (the report's). Changes model in place."""
     state = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, weight in load_layers(bundle / "layers.bqq.safetensors").items():
             # export_model names layers by parameter; an ONNX file by the module path it
-            # records, here under the Logits wrapper's "model."
-            key = name if name in state else name.removeprefix("model.") + ".weight"
+            # records, under the Logits wrapper's "model.", or the initializer's name (the
+            # tied table, "model.lm_head.weight", read by Gather: the embedding)
+            inner = name.removeprefix("model.")
+            key = ("model.embed_tokens.weight" if ops[name] == "Gather" else
+                   next(k for k in (name, inner, inner + ".weight") if k in state))
             w_hat = weight.dequantize()
             if key == "lm_head.weight":
                 model.lm_head.weight = torch.nn.Parameter(w_hat)
@@ -189,7 +192,8 @@ def main() -> None:
             how = "`bqq_deploy.export_model` on the model in memory, in this process"
         rows += [(f"export: {name}", report.timings_s[name], mib) for name, mib in report.peak_rss_mib.items()]
         reset_peak()
-        rel = dequantised_parity(model, out, tokens(2, 5, seed=1, vocab=args.vocab))  # other batch and length
+        rel = dequantised_parity(model, out, tokens(2, 5, seed=1, vocab=args.vocab),
+                                 {layer.layer: layer.onnx_op for layer in report.layers})  # other batch and length
         rows.append(("ORT vs dequantised torch (2 x 5 tokens)", None, peak_rss_mib()))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
