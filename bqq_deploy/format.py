@@ -53,17 +53,20 @@ _BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1,
                            bitorder="little").astype(np.float32)
 
 
-def _unpack_float(words: torch.Tensor, rank: int) -> torch.Tensor:
-    """int32 words [..., L] (CPU) -> float32 {0, 1} [..., rank]."""
-    little = np.ascontiguousarray(words.numpy(), dtype="<i4").view(np.uint8)
-    bits = torch.from_numpy(_BYTE_BITS[little])  # [..., 4L, 8]
+def _unpack_float(words: np.ndarray, rank: int) -> np.ndarray:
+    """int32 words [..., L] -> float32 {0, 1} [..., rank]."""
+    little = np.ascontiguousarray(words, dtype="<i4").view(np.uint8)
+    bits = np.take(_BYTE_BITS, little, axis=0)  # [..., 4L, 8]; take: 4x fancy indexing
     return bits.reshape(*words.shape[:-1], -1)[..., :rank]
 
 
-def _popcount(words: torch.Tensor) -> torch.Tensor:
+# Weights decoded per step of BQQWeight.dequantize (1M: 4 MiB of float32 per temporary).
+_DEQUANTIZE_CHUNK = 1 << 20
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
     """Set bits per packed row: int32 words [..., L] -> float32 [...]."""
-    counts = np.bitwise_count(np.ascontiguousarray(words.numpy()).view(np.uint32))
-    return torch.from_numpy(counts.sum(-1, dtype=np.float32))
+    return np.bitwise_count(np.ascontiguousarray(words).view(np.uint32)).sum(-1, dtype=np.float32)
 
 
 @dataclass
@@ -136,25 +139,35 @@ class BQQWeight:
         return unpack_bits(self.z_bits, self.rank).float()
 
     def dequantize(self) -> torch.Tensor:
-        """The dense reconstruction W_hat [M, K] in float32 (for checks and reports; the
-        forward pass never builds it)."""
+        """The dense reconstruction W_hat [M, K] in float32 (for checks, reports and the
+        portable ONNX Runtime loader; the forward pass never builds it). Computed with numpy:
+        no torch thread start-up per call, which dominated small models on a busy host."""
         p, rows, cols, g_r, _ = self.y_bits.shape
-        a, b, c, d = self.scales.cpu().float().unbind(-1)  # each [p, R, C]
+        g_c, rank = self.group_cols, self.rank
+        a, b, c, d = self.scales.cpu().float().numpy().transpose(3, 1, 2, 0)  # each [R, C, p]
         # Bits unpacked straight into [R, C, g, p, l] (the packed words are 32x smaller to
         # permute), so all stacks of a block are one product: [a_1 Y_1 .. a_p Y_p] [Z_1 .. Z_p]^T;
         # then the row terms sum_k b_k (Y_k 1) + d_k and the column terms sum_k c_k (Z_k 1).
-        y_words, z_words = (t.cpu().permute(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
-        y_all = _unpack_float(y_words, self.rank).mul_(a.permute(1, 2, 0)[:, :, None, :, None])
-        z_all = _unpack_float(z_words, self.rank)
-        blocks = torch.bmm(y_all.reshape(rows * cols, g_r, -1),
-                           z_all.reshape(rows * cols, self.group_cols, -1).transpose(1, 2))
-        blocks = blocks.reshape(rows, cols, g_r, self.group_cols)
-        row_terms = (_popcount(y_words) * b.permute(1, 2, 0)[:, :, None, :]).sum(-1) + d.sum(0)[..., None]
-        col_terms = (_popcount(z_words) * c.permute(1, 2, 0)[:, :, None, :]).sum(-1)
-        blocks += row_terms[..., :, None]
-        blocks += col_terms[..., None, :]
-        dense = blocks.permute(0, 2, 1, 3).reshape(rows * self.group_rows, cols * self.group_cols)
-        return dense[: self.out_features, : self.in_features].contiguous()
+        y_words, z_words = (t.cpu().numpy().transpose(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
+        dense = np.empty((self.out_features, self.in_features), np.float32)
+        # A few block rows at a time: the bits unpacked to floats outnumber the weights they
+        # make (about p times at the default rank), so whole-matrix temporaries would cost
+        # several times the result (an embedding table: hundreds of MB); bounded ones are
+        # reused by the allocator and leave no resident heap behind.
+        step = max(1, _DEQUANTIZE_CHUNK // (cols * g_r * g_c))
+        for top in range(0, rows, step):
+            part = slice(top, min(rows, top + step))
+            n = part.stop - top
+            y_all = _unpack_float(y_words[part], rank) * a[part, :, None, :, None]
+            z_all = _unpack_float(z_words[part], rank)
+            blocks = np.matmul(y_all.reshape(n * cols, g_r, p * rank),
+                               z_all.reshape(n * cols, g_c, p * rank).transpose(0, 2, 1))
+            blocks = blocks.reshape(n, cols, g_r, g_c)
+            blocks += ((_popcount(y_words[part]) * b[part, :, None, :]).sum(-1) + d[part].sum(-1)[..., None])[..., None]
+            blocks += (_popcount(z_words[part]) * c[part, :, None, :]).sum(-1)[..., None, :]
+            first, last = top * g_r, min(self.out_features, part.stop * g_r)
+            dense[first:last] = blocks.transpose(0, 2, 1, 3).reshape(n * g_r, cols * g_c)[: last - first, : self.in_features]
+        return torch.from_numpy(dense)
 
     @property
     def nbytes(self) -> int:

@@ -126,6 +126,19 @@ class TensorFiles:
             if external_entry(tensor) is None and tensor.ByteSize() >= INLINE_BELOW:
                 self.assign(tensor, numpy_helper.to_array(tensor))
 
+    def mapped(self, model: onnx.ModelProto, exclude=()) -> dict[str, np.ndarray]:
+        """The external data files model's initializers read (but those at locations in
+        exclude), by location, each mapped read-only into memory (read only when used)."""
+        files = {}
+        for tensor in model.graph.initializer:
+            entry = external_entry(tensor)
+            if entry is not None and entry[0] not in files and entry[0] not in exclude:
+                path = self.root / _safe_location(entry[0], tensor.name)
+                if not path.is_file():
+                    raise InputError(f"tensor {tensor.name!r}: external data file {path} not found")
+                files[entry[0]] = np.memmap(path, dtype=np.uint8, mode="r")
+        return files
+
     def adopt(self, model: onnx.ModelProto, directory: Path) -> None:
         """Make the external data files of model (a file in directory) readable here: copied
         file to file, never loaded (ONNX Runtime refuses data files reached through a

@@ -179,3 +179,23 @@ def test_ort_session_decodes_the_weights_itself_and_computes_the_same(bundle):
         # rounding of each weight either way, then fp16 arithmetic).
         assert mine.dtype == plain.dtype
         assert np.abs(mine.astype(np.float32) - plain.astype(np.float32)).max() <= tol * np.abs(plain).max()
+
+
+def test_onnx_runtime_copies_the_in_memory_weights_so_ort_session_may_free_them(bundle):
+    """ort_session frees its decode buffer once the session exists: that is only safe while
+    ONNX Runtime copies in-memory external data at creation (its documented behaviour),
+    which this pins for the installed version."""
+    import onnxruntime as ort
+
+    from bqq_deploy.runtime.ort_session import decoded_model
+
+    _, b, _ = bundle
+    ids = np.random.default_rng(3).integers(0, 96, (2, 9)).astype(np.int64)
+    model, weights = decoded_model(b / Bundle.PORTABLE_ONNX, "in-memory-weights")
+    options = ort.SessionOptions()
+    options.add_external_initializers_from_files_in_memory(["in-memory-weights"], [weights], [weights.nbytes])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    (before,) = session.run(None, {"ids": ids})
+    weights[:] = 0xFF  # every float a NaN
+    (after,) = session.run(None, {"ids": ids})
+    assert np.array_equal(before, after)

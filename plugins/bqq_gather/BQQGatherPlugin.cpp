@@ -42,50 +42,6 @@ BQQGatherPlugin::BQQGatherPlugin(FieldValues const& fields, std::string layerNam
 {
 }
 
-nvinfer1::IPluginCapability* BQQGatherPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
-    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
-    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-nvinfer1::IPluginV3* BQQGatherPlugin::clone() noexcept
-{
-    try
-    {
-        return new BQQGatherPlugin(*this);
-    }
-    catch (std::exception const& e)
-    {
-        reportError(std::string("clone failed: ") + e.what());
-        return nullptr;
-    }
-}
-
-char const* BQQGatherPlugin::getPluginName() const noexcept
-{
-    return kPluginName;
-}
-
-char const* BQQGatherPlugin::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* BQQGatherPlugin::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-int32_t BQQGatherPlugin::getNbOutputs() const noexcept
-{
-    return 1;
-}
-
 int32_t BQQGatherPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {

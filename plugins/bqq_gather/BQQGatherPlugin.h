@@ -43,12 +43,11 @@ constexpr FieldNames kFieldNames{
 static_assert(kInputYBits == kPackedYBits && kInputZBits == kPackedZBits && kInputScales == kPackedScales,
     "the packed inputs are at the positions BQQPluginCommon.h checks");
 
-class BQQGatherPlugin final : public nvinfer1::IPluginV3,
-                              public nvinfer1::IPluginV3OneCore,
-                              public nvinfer1::IPluginV3OneBuild,
-                              public nvinfer1::IPluginV3OneRuntime
+class BQQGatherPlugin final : public PluginV3Base<BQQGatherPlugin>
 {
 public:
+    static constexpr PluginIdentity kIdentity{kPluginName, kPluginVersion, kPluginNamespace, kFieldNames};
+
     // fields must have passed validation (only BQQGatherPluginCreator::createPlugin constructs
     // plugins); layerName only labels error messages.
     BQQGatherPlugin(FieldValues const& fields, std::string layerName);
@@ -56,17 +55,7 @@ public:
     BQQGatherPlugin& operator=(BQQGatherPlugin const&) = delete;
     ~BQQGatherPlugin() override = default;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
+    // IPluginV3OneBuild (getNbOutputs and the IPluginV3/IPluginV3OneCore members: PluginV3Base)
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
         nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
@@ -88,6 +77,7 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
+    friend class PluginV3Base<BQQGatherPlugin>;  // reports clone failures
     void reportError(std::string const& message,
         nvinfer1::ErrorCode code = nvinfer1::ErrorCode::kINVALID_ARGUMENT) const noexcept;
     // Input/output counts, the packed tensors' shapes against the fields and the output rank.

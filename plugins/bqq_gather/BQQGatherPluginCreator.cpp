@@ -15,31 +15,6 @@ namespace gather
 // FieldValues are indexed by FieldIndex for both plugins (toLayout); the two lists agree.
 static_assert(sameFieldNames(kFieldNames, trt::kFieldNames), "BQQGather and BQQMatMul fields differ in order");
 
-BQQGatherPluginCreator::BQQGatherPluginCreator() noexcept
-    : mFieldNames(kFieldNames)
-{
-}
-
-char const* BQQGatherPluginCreator::getPluginName() const noexcept
-{
-    return kPluginName;
-}
-
-char const* BQQGatherPluginCreator::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* BQQGatherPluginCreator::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-nvinfer1::PluginFieldCollection const* BQQGatherPluginCreator::getFieldNames() noexcept
-{
-    return mFieldNames.get();
-}
-
 nvinfer1::IPluginV3* BQQGatherPluginCreator::createPlugin(
     char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept
 {

@@ -15,23 +15,13 @@ namespace trt
 namespace gather
 {
 
-class BQQGatherPluginCreator final : public nvinfer1::IPluginCreatorV3One
+class BQQGatherPluginCreator final : public PluginCreatorBase<BQQGatherPlugin>
 {
 public:
-    BQQGatherPluginCreator() noexcept;
-    ~BQQGatherPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
     // Returns nullptr, after logging which field is wrong, when a field is missing,
     // duplicated, not a single int32, or out of the range docs/FORMAT.md allows.
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldNameCollection mFieldNames;
 };
 
 }  // namespace gather

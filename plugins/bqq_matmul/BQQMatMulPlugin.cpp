@@ -48,50 +48,6 @@ BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, bool hasBias, std::s
 {
 }
 
-nvinfer1::IPluginCapability* BQQMatMulPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
-    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
-    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-}
-
-nvinfer1::IPluginV3* BQQMatMulPlugin::clone() noexcept
-{
-    try
-    {
-        return new BQQMatMulPlugin(*this);
-    }
-    catch (std::exception const& e)
-    {
-        reportError(std::string("clone failed: ") + e.what());
-        return nullptr;
-    }
-}
-
-char const* BQQMatMulPlugin::getPluginName() const noexcept
-{
-    return kPluginName;
-}
-
-char const* BQQMatMulPlugin::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* BQQMatMulPlugin::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-int32_t BQQMatMulPlugin::getNbOutputs() const noexcept
-{
-    return 1;
-}
-
 int32_t BQQMatMulPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {

@@ -46,12 +46,11 @@ static_assert(kInputYBits == kPackedYBits && kInputZBits == kPackedZBits && kInp
 // createPlugin requires it in the runtime phase and refuses it in the build phase.
 constexpr char const* kSerialFieldHasBias = "has_bias";
 
-class BQQMatMulPlugin final : public nvinfer1::IPluginV3,
-                              public nvinfer1::IPluginV3OneCore,
-                              public nvinfer1::IPluginV3OneBuild,
-                              public nvinfer1::IPluginV3OneRuntime
+class BQQMatMulPlugin final : public PluginV3Base<BQQMatMulPlugin>
 {
 public:
+    static constexpr PluginIdentity kIdentity{kPluginName, kPluginVersion, kPluginNamespace, kFieldNames};
+
     // fields must have passed validation: only BQQMatMulPluginCreator::createPlugin, which
     // validates them, constructs plugins.
     // layerName (the network layer's name) only labels error messages.
@@ -60,17 +59,7 @@ public:
     BQQMatMulPlugin& operator=(BQQMatMulPlugin const&) = delete;
     ~BQQMatMulPlugin() override = default;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-
-    // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
+    // IPluginV3OneBuild (getNbOutputs and the IPluginV3/IPluginV3OneCore members: PluginV3Base)
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
         nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
@@ -92,6 +81,7 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
+    friend class PluginV3Base<BQQMatMulPlugin>;  // reports clone failures
     // Reports to the execution context's error recorder once attached, else to the logger.
     void reportError(std::string const& message,
         nvinfer1::ErrorCode code = nvinfer1::ErrorCode::kINVALID_ARGUMENT) const noexcept;

@@ -45,31 +45,6 @@ bool parseMatMulFields(nvinfer1::PluginFieldCollection const* fc, nvinfer1::Tens
 
 }  // namespace
 
-BQQMatMulPluginCreator::BQQMatMulPluginCreator() noexcept
-    : mFieldNames(kFieldNames)
-{
-}
-
-char const* BQQMatMulPluginCreator::getPluginName() const noexcept
-{
-    return kPluginName;
-}
-
-char const* BQQMatMulPluginCreator::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* BQQMatMulPluginCreator::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-nvinfer1::PluginFieldCollection const* BQQMatMulPluginCreator::getFieldNames() noexcept
-{
-    return mFieldNames.get();
-}
-
 nvinfer1::IPluginV3* BQQMatMulPluginCreator::createPlugin(
     char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept
 {

@@ -13,24 +13,14 @@ namespace bqq
 namespace trt
 {
 
-class BQQMatMulPluginCreator final : public nvinfer1::IPluginCreatorV3One
+class BQQMatMulPluginCreator final : public PluginCreatorBase<BQQMatMulPlugin>
 {
 public:
-    BQQMatMulPluginCreator() noexcept;
-    ~BQQMatMulPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
     // Returns nullptr, after logging which field is wrong, when a field is missing,
     // duplicated, not a single int32, or out of the range docs/FORMAT.md allows. The
     // runtime phase (engine deserialisation) also needs the serialise-only has_bias field.
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldNameCollection mFieldNames;
 };
 
 }  // namespace trt

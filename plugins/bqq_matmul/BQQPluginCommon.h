@@ -1,5 +1,6 @@
 // What the TensorRT plugins of this library (BQQMatMul, BQQGather) share: the layout fields
-// both take, their one validation, the packed-input shape check, logging and error reports.
+// both take, their one validation, the packed-input shape check, logging and error reports,
+// and the IPluginV3 / IPluginCreatorV3One plumbing (PluginV3Base, PluginCreatorBase).
 // Each plugin keeps its own name, version, namespace and field list (kFieldNames) in its own
 // header: those are its contract (tests/test_contract.py reads them).
 #ifndef BQQ_PLUGIN_COMMON_H
@@ -9,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include "bqq_matmul.h"
@@ -104,6 +106,102 @@ void logCreateFailure(char const* plugin, char const* layerName, nvinfer1::Tenso
 // recorder when there is one, else to the logger.
 void reportPluginError(nvinfer1::IErrorRecorder* recorder, char const* plugin, std::string const& layerName,
     std::string const& message, nvinfer1::ErrorCode code) noexcept;
+
+// Who a plugin is: what its getPluginName/Version/Namespace and its creator's return, and the
+// fields its creator lists. Each plugin class holds one as `static constexpr kIdentity`.
+struct PluginIdentity
+{
+    char const* name;
+    char const* version;
+    char const* nameSpace;
+    FieldNames const& fields;
+};
+
+// The IPluginV3 members that are the same for every plugin here: the capability views, clone
+// (by Derived's copy constructor; a failure goes to Derived::reportError), the identity and the
+// single output. Derived implements the rest of IPluginV3OneBuild and IPluginV3OneRuntime.
+template <class Derived>
+class PluginV3Base : public nvinfer1::IPluginV3,
+                     public nvinfer1::IPluginV3OneCore,
+                     public nvinfer1::IPluginV3OneBuild,
+                     public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override
+    {
+        switch (type)
+        {
+        case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
+        case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
+        case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
+        }
+        return nullptr;
+    }
+
+    nvinfer1::IPluginV3* clone() noexcept override
+    {
+        auto const& self = static_cast<Derived const&>(*this);
+        try
+        {
+            return new Derived(self);
+        }
+        catch (std::exception const& e)
+        {
+            self.reportError(std::string("clone failed: ") + e.what());
+            return nullptr;
+        }
+    }
+
+    char const* getPluginName() const noexcept override
+    {
+        return Derived::kIdentity.name;
+    }
+    char const* getPluginVersion() const noexcept override
+    {
+        return Derived::kIdentity.version;
+    }
+    char const* getPluginNamespace() const noexcept override
+    {
+        return Derived::kIdentity.nameSpace;
+    }
+
+    int32_t getNbOutputs() const noexcept override
+    {
+        return 1;
+    }
+};
+
+// A creator's identity and field list, from Plugin::kIdentity. Derived creators implement
+// createPlugin, the one place their plugin's fields are validated.
+template <class Plugin>
+class PluginCreatorBase : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    PluginCreatorBase() noexcept
+        : mFieldNames(Plugin::kIdentity.fields)
+    {
+    }
+
+    char const* getPluginName() const noexcept override
+    {
+        return Plugin::kIdentity.name;
+    }
+    char const* getPluginVersion() const noexcept override
+    {
+        return Plugin::kIdentity.version;
+    }
+    char const* getPluginNamespace() const noexcept override
+    {
+        return Plugin::kIdentity.nameSpace;
+    }
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
+    {
+        return mFieldNames.get();
+    }
+
+private:
+    FieldNameCollection mFieldNames;
+};
 
 // Rows of a lookup or product: the product of every dimension of `dims` from `first` up to
 // (not including) `end`.
