@@ -33,6 +33,7 @@ from matrix_compression import RESULTS, machine_summary, markdown_table
 
 from bqq_deploy import BQQConfig, quantize_weights
 from bqq_deploy.quantize import distributed
+from bqq_deploy.quantize.driver import _SINGLE_THREAD_BELOW
 
 HIDDEN, KV, FFN = 896, 128, 4864
 SHAPES = {"q": (HIDDEN, HIDDEN), "k": (KV, HIDDEN), "v": (KV, HIDDEN), "o": (HIDDEN, HIDDEN),
@@ -122,9 +123,12 @@ def scaling(args) -> tuple[str, str]:
                      f"{out['seconds'] / total * 1e6:.2f}", f"{base / out['seconds']:.2f}x",
                      "yes" if out["digest"] == digest else "NO"])
         print(markdown_table(header, rows[-1:]), flush=True)
+    note = ("\n\nBatches under 2^20 padded weights are solved on one thread whatever the "
+            "setting (driver._SINGLE_THREAD_BELOW): the two-thread row is one thread here."
+            if args.batch_weights < _SINGLE_THREAD_BELOW and not cuda else "")
     return (f"one solve from one process to {nproc} ({args.layers} layers of a Qwen2-0.5B block, "
             f"batches of at most {args.batch_weights:,} padded weights)",
-            markdown_table(header, rows))
+            markdown_table(header, rows) + note)
 
 
 def main() -> None:
@@ -153,7 +157,8 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     section = (f"\n## {stamp}: {title}\n\n{machine_summary()}; machine shared with other "
-               f"jobs: {args.shared} (load average {load} at the end)\n\n{table}\n")
+               f"jobs: {args.shared} (load average {load} at the end); niceness {os.nice(0)}\n\n"
+               f"{table}\n")
     print(section)
     if args.no_record:
         return
