@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -14,6 +15,7 @@ from ..config import BQQConfig
 from ..errors import InputError
 from ..format import BQQWeight, pack_bits
 from ..layout import Layout
+from . import distributed
 from .cache import LayerCache
 from .calibration import InputStatistics
 from .solver import fit_layer, solve_stacks, tile, untile
@@ -41,7 +43,7 @@ def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tens
                             progress=progress)["weight"]
 
 
-def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
+def quantize_weights(weights: Mapping[str, torch.Tensor], config: BQQConfig, *,
                      biases: dict[str, torch.Tensor] | None = None,
                      calib: dict[str, torch.Tensor | InputStatistics] | None = None,
                      cache_dir: str | Path | None = None,
@@ -49,50 +51,68 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
     """Quantise many layers; blocks of several layers share one solver batch (up to
     config.batch_weights padded weights per batch).
 
+    weights: any mapping (one that reads each weight from disk when asked keeps a large
+    model's weights out of memory: each is read twice, to check and key it and to solve it).
     calib: per layer, its input rows [N, K] or their InputStatistics.
     cache_dir: finished layers are kept there (LayerCache), so a rerun (e.g. after an
     interruption) loads them instead of solving them again. progress: a tqdm bar on stderr
     (weights done, ETA, error of the current batch).
+    Under torchrun (WORLD_SIZE > 1) the batches are shared out among the ranks
+    (quantize.distributed; cache_dir is then required and must be shared), every rank
+    returns every layer, byte-identical to a one-process run.
     """
     biases, calib = dict(biases or {}), dict(calib or {})
     unknown = (set(biases) | set(calib)) - set(weights)
     if unknown:
         raise InputError(f"biases/calib name layers that are not in weights: {sorted(unknown)}")
-    inputs = {}
+    cache = LayerCache(cache_dir) if cache_dir is not None else None
+    # One pass over the weights (a mapping may read each one from disk when asked for it).
+    inputs, shapes, keys = {}, {}, {}
     for name, w in weights.items():
         _check_layer(name, w, biases.get(name))
+        shapes[name] = tuple(w.shape)
         if name in calib:
             inputs[name] = _input_statistics(name, calib[name], w.shape[1])
-    cache = LayerCache(cache_dir) if cache_dir is not None else None
-    results: dict[str, BQQWeight] = {}
-    keys, todo = {}, []
-    for name, w in weights.items():
         if cache is not None:
             keys[name] = cache.key(w, config, biases.get(name), inputs.get(name))
-            results[name] = cache.load(keys[name])
-            if results[name] is not None:
-                continue
-        todo.append(name)
+    solve = lambda batches: _solve_batches(batches, weights, shapes, config, biases,  # noqa: E731
+                                           inputs, progress and distributed.is_writer())
+    if distributed.setup():  # torchrun: the batches of one process, dealt to the ranks
+        results = distributed.solve_across_ranks(list(_batches(list(weights), shapes, config)),
+                                                 keys, cache, solve)
+        return {name: results[name] for name in weights}
+    results: dict[str, BQQWeight | None] = {}
+    todo = []
+    for name in weights:
+        results[name] = cache.load(keys[name]) if cache is not None else None
+        if results[name] is None:
+            todo.append(name)
+    for solved in solve(list(_batches(todo, shapes, config))):
+        for name, packed in solved.items():
+            packed.info["cache_hit"] = False
+            if cache is not None:
+                cache.store(keys[name], packed)
+            results[name] = packed
+    return {name: results[name] for name in weights}
+
+
+def _solve_batches(batches: list[list[str]], weights, shapes: dict, config: BQQConfig,
+                   biases: dict, inputs: dict, progress: bool):
+    """Solve batches in order, yielding each one's layers; progress: a tqdm bar on stderr."""
     bar = None
-    if progress and todo:
+    if progress and batches:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(weights[n].numel() * config.bits for n in todo), unit="w",
-                   unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=sum(shapes[n][0] * shapes[n][1] * config.bits for b in batches for n in b),
+                   unit="w", unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
     try:
-        for batch in _batches(todo, weights, config):
-            solved = _solve_batch({n: weights[n] for n in batch}, config,
-                                  {n: biases[n] for n in batch if n in biases},
-                                  {n: inputs[n] for n in batch if n in inputs}, bar)
-            for name, packed in solved.items():
-                packed.info["cache_hit"] = False
-                if cache is not None:
-                    cache.store(keys[name], packed)
-                results[name] = packed
+        for batch in batches:
+            yield _solve_batch({n: weights[n] for n in batch}, config,
+                               {n: biases[n] for n in batch if n in biases},
+                               {n: inputs[n] for n in batch if n in inputs}, bar)
     finally:
         if bar is not None:
             bar.close()
-    return {name: results[name] for name in weights}
 
 
 def _check_layer(name: str, weight, bias) -> None:
@@ -121,15 +141,15 @@ def _input_statistics(name: str, calib, features: int) -> InputStatistics:
     return stats
 
 
-def _layout(weight: torch.Tensor, config: BQQConfig) -> Layout:
-    return Layout.for_weight(*weight.shape, config.group_shape, config.rank, config.bits)
+def _layout(shape: tuple[int, int], config: BQQConfig) -> Layout:
+    return Layout.for_weight(*shape, config.group_shape, config.rank, config.bits)
 
 
-def _batches(names: list[str], weights: dict, config: BQQConfig):
+def _batches(names: list[str], shapes: dict, config: BQQConfig):
     """Consecutive groups of layers with at most config.batch_weights padded weights."""
     batch, size = [], 0
     for name in names:
-        padded = _layout(weights[name], config).padded_weights
+        padded = _layout(shapes[name], config).padded_weights
         if batch and size + padded > config.batch_weights:
             yield batch
             batch, size = [], 0
@@ -147,7 +167,7 @@ def _device(config: BQQConfig) -> torch.device:
 
 def _solve_batch(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar=None) -> dict:
     """Quantise several layers (same group shape) as one block batch."""
-    padded = sum(_layout(w, config).padded_weights for w in weights.values())
+    padded = sum(_layout(w.shape, config).padded_weights for w in weights.values())
     threads = torch.get_num_threads()
     if _device(config).type == "cpu" and padded < _SINGLE_THREAD_BELOW and threads > 1:
         torch.set_num_threads(1)
