@@ -103,6 +103,20 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def scratch_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A hidden working directory next to target, named like this module's temporaries (so
+    one that a killed process leaves is removed by the next writer of target); deleted when
+    the block ends."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=_prefix(target.name), suffix=".tmp", dir=target.parent))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import atomic_directory, atomic_write_bytes, atomic_write_json
+from .atomic import atomic_directory, atomic_write_bytes, atomic_write_json, scratch_directory
 from .errors import InputError
 from .report import ExportReport
 from .specs import TensorSpec
@@ -85,6 +85,19 @@ class Bundle:
                 raise InputError(f"{out}: cannot create it ({exc.strerror or exc})") from None
             yield cls(staging)
             cls.check_destination(out, force)  # still true after the (long) export?
+
+    @staticmethod
+    @contextmanager
+    def workspace(out: str | os.PathLike) -> Iterator[Path]:
+        """A temporary working directory next to out, for an export's large intermediate
+        files: on the bundle's file system (a tmpfs /tmp would hold them in memory), removed
+        when the block ends, or by the next export to out if this process is killed."""
+        with ExitStack() as stack:
+            try:
+                path = stack.enter_context(scratch_directory(out))
+            except OSError as exc:
+                raise InputError(f"{out}: cannot create it ({exc.strerror or exc})") from None
+            yield path
 
     # --- reading and writing its JSON files ------------------------------------------------
 

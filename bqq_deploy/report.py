@@ -63,6 +63,7 @@ class ExportReport:
     skipped: list[SkippedLayer] = field(default_factory=list)
     calibration: dict | None = None  # {"file", "samples"}
     timings_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)  # per stage, as timings_s
     sizes: dict = field(default_factory=dict)  # {"files": {name: bytes}, "quantised_layers": {...}}
     validation: dict = field(default_factory=dict)
     latency: dict = field(default_factory=dict)
@@ -115,7 +116,9 @@ class ExportReport:
                     f"`{self.calibration['file']}`" if self.calibration else ", data-free"),
                  "- inputs: " + ", ".join(f"`{i['name']}` {i['shape']} {i['dtype']}" for i in self.inputs),
                  *([f"- shape ranges (min..max, opt): {self.shape_ranges}"] if self.shape_ranges else []),
-                 "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings_s.items()), ""]
+                 "- time: " + ", ".join(f"{k} {v:.1f} s" + (f" (peak RSS {self.peak_rss_mib[k]:.0f} MiB)"
+                                                            if k in self.peak_rss_mib else "")
+                                        for k, v in self.timings_s.items()), ""]
         files = self.sizes["files"]
         fp32, fp16 = files["original fp32 ONNX"], files["original fp16 ONNX (estimate)"]
         lines += ["## Sizes", "", "What each file needs, external data included (the ONNX files "

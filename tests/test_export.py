@@ -28,7 +28,7 @@ from bqq_deploy.export.function import decode_function, node_attributes
 from bqq_deploy.export.loaders import SourceModel
 from bqq_deploy.export.pipeline import export_bundle, fp32_onnx
 from bqq_deploy.specs import TensorSpec, sample_inputs
-from bqq_deploy.export.torch_map import bqq_torch_model, match_parameters
+from bqq_deploy.export.torch_map import dequantised, match_parameters
 from bqq_deploy.format import unpack_bits
 from bqq_deploy.models import DigitsViT
 from bqq_deploy.nn import reference_matmul
@@ -117,12 +117,14 @@ def test_digits_vit_portable_matches_pytorch_bqq_model(tmp_path, make_weight):
     weights = random_weights(candidates, make_weight)
     portable = surgery.replace_with_bqq(fp32, candidates, weights, surgery.PORTABLE)
     onnx.checker.check_model(portable, full_check=True)
-    reference = bqq_torch_model(source.fresh_module(), candidates, weights, matches)
     feeds = sample_inputs(source.inputs, seed=1)
     (out,) = ort_run(portable, feeds)
-    with torch.no_grad():
+    before = {name: t.clone() for name, t in source.module.state_dict().items()}
+    with dequantised(source.module, candidates, weights, matches) as reference, torch.no_grad():
         ref = reference(torch.from_numpy(feeds["image"])).numpy()
     assert rel_err(out, ref) <= PARITY
+    # the module's own weights are back, bit for bit
+    assert all(torch.equal(before[name], t) for name, t in source.module.state_dict().items())
     # the quantised model really differs from the original (weights were replaced)
     (orig,) = ort_run(fp32, feeds)
     assert rel_err(orig, ref) > 1e-2
@@ -152,10 +154,9 @@ def test_transformer_encoder_mha_and_ffn_are_quantised(make_weight):
     weights = random_weights(candidates, make_weight, group=16, rank=8, stacks=3)
     portable = surgery.replace_with_bqq(fp32, candidates, weights, surgery.PORTABLE)
     onnx.checker.check_model(portable, full_check=True)
-    reference = bqq_torch_model(transformer_encoder(0), candidates, weights, matches)
     feeds = sample_inputs(source.inputs, seed=3)
     (out,) = ort_run(portable, feeds)
-    with torch.no_grad():
+    with dequantised(transformer_encoder(0), candidates, weights, matches) as reference, torch.no_grad():
         ref = reference(torch.from_numpy(feeds["src"])).numpy()
     assert rel_err(out, ref) <= PARITY
     # the ONNX-side reference (weights substituted in the graph) agrees as well

@@ -253,16 +253,23 @@ def test_layer_names_are_the_module_paths_the_file_records(tmp_path):
 
 def test_normalize_keeps_values_subgraphs_and_outputs_read():
     # An Identity whose output is a graph output, and a Constant a subgraph captures, keep
-    # their names; a Transpose whose weight has another reader is not folded.
+    # their names; a Transpose whose weight has another reader is not folded into it: when it
+    # feeds a linear's weight (a tied LM head) the linear gets a transposed copy, otherwise
+    # it stays.
     (w,) = _rng_weights((8, 8))
-    nodes = [helper.make_node("Identity", ["w"], ["w_out"], name="id"),
-             helper.make_node("Transpose", ["w"], ["wt"], name="t", perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")]
-    model = _model(nodes, {"w": w}, [_io("x", ["n", 8])], [_io("y", ["n", 8]), _io("w_out", [8, 8])])
-    normal = forms.normalize(model)
-    assert [n.op_type for n in normal.graph.node] == ["Identity", "Transpose", "MatMul"]
     x = np.eye(8, dtype=np.float32)
-    np.testing.assert_array_equal(_run_model(normal, {"x": x})[0], _run_model(model, {"x": x})[0])
+    for reader, kept in (("MatMul", ["Identity", "MatMul"]), ("Add", ["Identity", "Transpose", "Add"])):
+        nodes = [helper.make_node("Identity", ["w"], ["w_out"], name="id"),
+                 helper.make_node("Transpose", ["w"], ["wt"], name="t", perm=[1, 0]),
+                 helper.make_node(reader, ["x", "wt"], ["y"], name="mm")]
+        model = _model(nodes, {"w": w}, [_io("x", ["n", 8])], [_io("y", ["n", 8]), _io("w_out", [8, 8])])
+        normal = forms.normalize(model)
+        assert [n.op_type for n in normal.graph.node] == kept
+        inits = {i.name: numpy_helper.to_array(i) for i in normal.graph.initializer}
+        np.testing.assert_array_equal(inits["w"], w)
+        assert reader != "MatMul" or np.array_equal(inits["wt"], w.T)
+        for got, want in zip(_run_model(normal, {"x": x}), _run_model(model, {"x": x})):
+            np.testing.assert_array_equal(got, want)
 
 
 def _run_model(model, feeds):

@@ -50,10 +50,12 @@ def export(*jobs: tuple[Path, Path | None]) -> None:
 
 def comparable_report(report: dict) -> dict:
     """report.json without what legitimately differs between runs of the same export: the
-    phase timings, each layer's solve time, whether it came from the cache and how many
-    layers shared its solver batch (a resumed run solves only the layers not cached yet)."""
+    phase timings and peak memory, each layer's solve time, whether it came from the cache and
+    how many layers shared its solver batch (a resumed run solves only the layers not cached
+    yet)."""
     report = json.loads(json.dumps(report))
     report.pop("timings_s")
+    report.pop("peak_rss_mib")
     for layer in report["layers"]:
         for key in ("seconds", "cache_hit", "batch_layers"):
             layer["solver"].pop(key)

@@ -10,7 +10,8 @@
 # BQQMatMul paths, BQQGather, dequantize), memcheck + racecheck (compute-sanitizer on
 # bench/sanitizer_cases.py), bench (bench/kernel_bench.py -> bench/results/<gpu>.md, with the
 # measured dense-path crossover next to the compiled kDenseMinRows), quantize (seconds per
-# million weights with BQQConfig(device="cuda")). Aimed at < 8 minutes on an H200.
+# million weights per preset with BQQConfig(device="cuda"), bench/throughput.py; with several
+# GPUs also 1 process against torchrun over all of them). Aimed at < 10 minutes on an H200.
 #
 # Variables: PYTHON (default python3), GPU_CHECK_ARCH (e.g. 90; default: the GPU's compute
 # capability; on a machine without GPU the build and isa steps use 80 as a rehearsal),
@@ -90,8 +91,13 @@ done
 step bench 300 bash -c "[[ $have_gpu -eq 1 ]] || { echo 'no NVIDIA GPU here: the benchmark needs one'; exit 3; }
   $py bench/kernel_bench.py --runs 50"
 
-step quantize 240 bash -c "[[ $have_gpu -eq 1 ]] || { echo 'no NVIDIA GPU here: this times the quantiser on a GPU'; exit 3; }
-  $py bench/quantize_gpu_time.py | tee $logs/quantize.md"
+# Seconds per million weights per preset on the GPU, and with several GPUs the scaling from
+# one process to one per GPU (torchrun); both append to bench/results/throughput.md.
+step quantize 420 bash -c "[[ $have_gpu -eq 1 ]] || { echo 'no NVIDIA GPU here: this times the quantiser on a GPU'; exit 3; }
+  set -o pipefail; $py bench/throughput.py presets --device cuda --shared no | tee $logs/quantize.md
+  gpus=\$(nvidia-smi -L | wc -l); if [[ \$gpus -gt 1 ]]; then
+    $py bench/throughput.py scaling --device cuda --preset balanced --shared no | tee -a $logs/quantize.md
+  else echo 'one GPU: no torchrun scaling to measure'; fi"
 
 echo
 echo "================ gpu-check summary ($(( $(date +%s) - start_all ))s, sm_$arch) ================"
@@ -107,7 +113,7 @@ grep -hE "^\| 4096 \| 4096 \| [23] \| (1|16|4096) \|" bench/results/*.md 2>/dev/
 echo "-- dense path (W_hat + cuBLASLt) threshold, measured vs compiled (kDenseMinRows, bqq_launch.cu):"
 grep -h "measured crossover\|without cuBLASLt\|cuBLASLt not found\|dense large-batch path" "$logs/bench.log" "$logs/build.log" 2>/dev/null | head -4
 echo "-- quantiser:"
-grep -E "^\| (fast|balanced) " "$logs/quantize.md" 2>/dev/null
+grep -E "^\| (fast|balanced|best|1 process|torchrun)" "$logs/quantize.md" 2>/dev/null | sort -u
 echo "-- tests:"
 tail -n 1 "$logs/tests.log" 2>/dev/null
 

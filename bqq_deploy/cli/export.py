@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--steps", type=int, help="annealing steps per stack")
     quant.add_argument("--seed", type=int, help="solver seed (same seed, same device: same bits)")
     quant.add_argument("--device", help="solver device: auto, cpu, cuda, cuda:1 (default: auto)")
+    quant.add_argument("--batch-weights", type=int, metavar="N",
+                       help="most (padded) weights solved in one batch: bounds the solver's "
+                            "memory, and batches are what torchrun ranks share out "
+                            "(default: 4000000)")
     quant.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                        help="keep layers in float whose layer, weight or node name matches this "
                             "fnmatch pattern, e.g. 'head*' (repeatable)")
@@ -162,7 +166,8 @@ def make_config(args: argparse.Namespace):
 
     overrides = {key: value for key, value in (
         ("bits", args.bits), ("group_size", args.group_size), ("steps", args.steps),
-        ("seed", args.seed), ("device", args.device)) if value is not None}
+        ("seed", args.seed), ("device", args.device), ("batch_weights", args.batch_weights))
+        if value is not None}
     try:
         return BQQConfig.preset(args.quality, **overrides)
     except TypeError as exc:
@@ -171,6 +176,7 @@ def make_config(args: argparse.Namespace):
 
 def handle(args: argparse.Namespace) -> int:
     from ..export import ExportOptions, export_bundle, load_model
+    from ..quantize import distributed
     from ..runtime import Tolerances
 
     for flag, path in (("--calib", args.calib), ("--val-data", args.val_data)):
@@ -188,7 +194,12 @@ def handle(args: argparse.Namespace) -> int:
                             embeddings=args.embeddings, embedding_bits=args.embedding_bits)
     source = load_model(args.model, input_shapes=args.input_shape, shape_ranges=options.shapes,
                         allow_pickle=args.allow_pickle)
-    report = export_bundle(source, args.output, options)
+    try:
+        report = export_bundle(source, args.output, options)
+    finally:
+        distributed.shutdown()
+    if report is None:  # a torchrun rank other than 0: its share is solved, rank 0 writes
+        return 0
     if not args.quiet:
         print(summary(report, args.output))
     if not report.passed:

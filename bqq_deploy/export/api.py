@@ -3,7 +3,6 @@ like torch.onnx.export(model, args, f)."""
 
 from __future__ import annotations
 
-import copy
 import inspect
 from pathlib import Path
 
@@ -21,15 +20,20 @@ from .pipeline import export_bundle
 def export_model(model: torch.nn.Module, args, out_dir, *, config: BQQConfig | None = None,
                  target: str = "onnx", calib=None, val=None, dynamic_shapes=None,
                  exclude=(), tolerances=None, force: bool = False, progress: bool = False,
-                 bench_iters: int = 0, cache_dir=None, build_on_device: bool = False) -> ExportReport:
+                 bench_iters: int = 0, cache_dir=None, build_on_device: bool = False) -> ExportReport | None:
     """Quantise model's linear layers with BQQ and write the bundle directory out_dir
-    (docs/ONNX.md); returns the ExportReport (report.passed: the verdict).
+    (docs/ONNX.md); returns the ExportReport (report.passed: the verdict). Under torchrun
+    the ranks share the solving (cache_dir required, shared); rank 0 writes the bundle and
+    returns the report, the other ranks return None (docs/SCALE.md).
 
     args: example inputs as torch.onnx.export takes them: a tensor, a tuple of tensors
     (positional), a dict of tensors (keyword: {"input_ids": ..., "attention_mask": ...}), or
     a tuple whose last item is such a dict. Input names are the dict keys, else forward's
     parameter names. The model is traced at these shapes (torch.onnx's TorchScript-based
-    exporter; its torch.export-based one when that fails); the model itself is not changed.
+    exporter; its torch.export-based one when that fails, and for models of 512 MiB or more).
+    The model is used in place, never copied (a large model is in memory once): the final
+    check runs it with each quantised weight swapped for its W_hat, and afterwards every weight
+    and its train / eval mode are as they were.
 
     dynamic_shapes: per input (a dict keyed by input name, or a tuple in input order), a dict
     {axis: spec}: a torch.export.Dim (its min/max bound the range), a name (str; inputs
@@ -42,13 +46,18 @@ def export_model(model: torch.nn.Module, args, out_dir, *, config: BQQConfig | N
     kit (and builds the engine where TensorRT is installed). tolerances: runtime.Tolerances
     against the original, judged on val. bench_iters: ONNX Runtime latency iterations (0: none).
     """
-    source, shapes = module_source(model, args, dynamic_shapes)
-    options = ExportOptions(config=config or BQQConfig.preset("balanced"), target=target,
-                            exclude=tuple(exclude), calib=calib, val=val, shapes=shapes,
-                            tolerances=tolerances or NO_TOLERANCES, force=force,
-                            build_on_device=build_on_device, progress=progress,
-                            bench_iters=bench_iters, cache_dir=cache_dir)
-    return export_bundle(source, Path(out_dir), options)
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    try:
+        source, shapes = module_source(model, args, dynamic_shapes)
+        options = ExportOptions(config=config or BQQConfig.preset("balanced"), target=target,
+                                exclude=tuple(exclude), calib=calib, val=val, shapes=shapes,
+                                tolerances=tolerances or NO_TOLERANCES, force=force,
+                                build_on_device=build_on_device, progress=progress,
+                                bench_iters=bench_iters, cache_dir=cache_dir)
+        return export_bundle(source, Path(out_dir), options)
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class FlatModule(torch.nn.Module):
@@ -100,7 +109,7 @@ def module_source(model, args, dynamic_shapes=None) -> tuple[SourceModel, list[S
         if not isinstance(tensor, torch.Tensor):
             raise InputError(f"export_model: input {name!r} is a {type(tensor).__name__}, not a "
                              "tensor (pass non-tensor settings through the model's config)")
-    module = FlatModule(copy.deepcopy(model), len(positional), list(keywords)).eval()
+    module = FlatModule(model, len(positional), list(keywords)).eval()
     with torch.no_grad():
         try:
             outputs = flatten_outputs(module.model(*positional, **keywords))

@@ -9,16 +9,13 @@ import hashlib
 import mmap
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import numpy_helper
-from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from ..format import tensor_spans
-
-# Tensors below this many bytes stay inside the ONNX file (shape constants and the like).
-INLINE_BELOW = 1024
-# Tensors in weights.bin start at multiples of this (cache lines; mmap-friendly).
-ALIGN = 64
+from .forms import copy_model
+from ..tensors import ALIGN, INLINE_BELOW, TensorFiles, nbytes, point_at, values
 
 
 class _SharedWeights:
@@ -39,30 +36,29 @@ class _SharedWeights:
 
 
 def write_onnx_files(directory: Path, models: dict[str, onnx.ModelProto], layers_file: str,
-                     weights_file: str) -> None:
+                     weights_file: str, data: TensorFiles | None = None) -> None:
     """Save each model as directory/name with its large tensors as external data in
     directory/layers_file (tensors `<layer>.bqq.<key>` whose bytes equal that file's
-    `<layer>.<key>`) or directory/weights_file (everything else, deduplicated)."""
+    `<layer>.<key>`) or directory/weights_file (everything else, deduplicated). data: where
+    the models' own external tensors are (tensors.TensorFiles); each tensor is read once per
+    model and copied, never the whole model at once."""
     spans = tensor_spans(directory / layers_file)
     with open(directory / layers_file, "rb") as layers, open(directory / weights_file, "wb") as out, \
             mmap.mmap(layers.fileno(), 0, access=mmap.ACCESS_READ) as layers_data:
         shared = _SharedWeights(out)
         for name, model in models.items():
-            model = onnx.ModelProto.FromString(model.SerializeToString())
+            model = copy_model(model)
             for tensor in model.graph.initializer:
-                raw = numpy_helper.to_array(tensor).tobytes()
-                if len(raw) < INLINE_BELOW:
+                if tensor.data_type == onnx.TensorProto.STRING or nbytes(tensor) < INLINE_BELOW:
                     continue
+                raw = memoryview(np.ascontiguousarray(values(tensor, data))).cast("B")  # no copy
                 span = spans.get(tensor.name.replace(".bqq.", ".", 1)) if ".bqq." in tensor.name else None
                 if span is not None and layers_data[span[0]:span[0] + span[1]] == raw:
                     location, offset = layers_file, span[0]
                 else:
                     key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).digest())
                     location, offset = weights_file, shared.put(key, raw)
-                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
-                set_external_data(tensor, location, offset, len(raw))  # needs raw_data present
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                tensor.ClearField("raw_data")
+                point_at(tensor, location, offset, len(raw))
             onnx.save(model, str(directory / name))
     if not shared.size:
         (directory / weights_file).unlink()

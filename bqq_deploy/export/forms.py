@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from ..tensors import TensorFiles, assign, external_entry, values
 
 # Node metadata key in which torch's torch.export-based exporter lists a node's module scopes.
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -42,39 +42,36 @@ def is_large(model: onnx.ModelProto) -> bool:
     return model.ByteSize() >= INLINE_LIMIT
 
 
-def save(model: onnx.ModelProto, path) -> list[Path]:
-    """Write model to path: one file, or past INLINE_LIMIT path plus `<name>.data` beside it
-    with every tensor (ONNX external data; readers find it next to the .onnx file). model is
-    left as it was. Returns the files written."""
-    path = Path(path)
-    if not is_large(model):
-        onnx.save(model, str(path))
-        return [path]
-    data = path.with_name(path.name + ".data")
-    onnx.save(copy_model(model), str(path), save_as_external_data=True,
-              all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-    return [path, data]
-
-
-def check(model: onnx.ModelProto, path=None, *, full_check: bool = False) -> None:
-    """onnx.checker on model, through its file when it is too large to serialise."""
-    if is_large(model) and path is not None:
+def check(model: onnx.ModelProto, path=None, *, full_check: bool = False,
+          data: TensorFiles | None = None) -> None:
+    """onnx.checker on model, through its file (path) when it is too large to serialise or
+    reads external data, or (data: its external tensors are there) a file beside them."""
+    external = any(external_entry(t) for t in model.graph.initializer)
+    if data is not None:
+        with data.session_path(model, "check") as saved:
+            onnx.checker.check_model(saved, full_check=full_check)
+    elif (is_large(model) or external) and path is not None:
         onnx.checker.check_model(str(path), full_check=full_check)
     elif not is_large(model):
         onnx.checker.check_model(model, full_check=full_check)
 
 
 @contextmanager
-def session_path(model: onnx.ModelProto) -> Iterator[str | bytes]:
-    """What onnxruntime.InferenceSession takes for model: its bytes, or past INLINE_LIMIT
-    the path of a temporary copy with external data."""
-    if not is_large(model):
+def session_path(model: onnx.ModelProto, data: TensorFiles | None = None) -> Iterator[str | bytes]:
+    """What onnxruntime.InferenceSession takes for model: a file beside the tensors of data
+    (tensors.TensorFiles), else its bytes, or past INLINE_LIMIT the path of a temporary copy
+    with external data."""
+    if data is not None:
+        with data.session_path(model) as path:
+            yield path
+    elif not is_large(model):
         yield model.SerializeToString()
-        return
-    with tempfile.TemporaryDirectory(prefix="bqq-large-") as scratch:
-        path = Path(scratch) / "model.onnx"
-        save(model, path)
-        yield str(path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bqq-large-") as scratch:
+            path = Path(scratch) / "model.onnx"
+            onnx.save(copy_model(model), str(path), save_as_external_data=True,
+                      all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+            yield str(path)
 
 
 def subgraph_names(graph: onnx.GraphProto) -> set[str]:
@@ -89,12 +86,14 @@ def subgraph_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+def normalize(model: onnx.ModelProto, data: TensorFiles | None = None) -> onnx.ModelProto:
     """A copy of model where float `Constant` nodes are initializers, `Identity` of an
     initializer is read as the initializer itself, `Transpose(perm=[1, 0])` of a 2-D float
     initializer that nothing else reads is folded into it (the initializer keeps its name and
-    holds the transposed values), and each linear's bias is its own tensor. Only the main
-    graph is rewritten; values that subgraphs or graph outputs read keep their producers."""
+    holds the transposed values), one whose initializer is read elsewhere too but that feeds
+    only linears' weights becomes a transposed copy (named like the Transpose's output), and
+    each linear's bias is its own tensor. Only the main graph is rewritten; values that
+    subgraphs or graph outputs read keep their producers."""
     model = copy_model(model)
     graph = model.graph
     keep = subgraph_names(graph) | {o.name for o in graph.output}
@@ -120,23 +119,29 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         kept.append(node)
     _rename_inputs(kept, renames)
 
-    readers: dict[str, int] = {}
+    readers: dict[str, list] = {}
     for node in kept:
         for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+            readers.setdefault(name, []).append(node)
     renames = {}
     nodes = []
     for node in kept:
         source = node.input[0] if node.op_type == "Transpose" and node.input else None
         init = inits.get(source) if source else None
-        if (init is not None and init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2
-                and _perm(node) in (None, [1, 0]) and readers.get(source) == 1
-                and source not in keep and node.output[0] not in keep):
-            init.CopyFrom(numpy_helper.from_array(
-                np.ascontiguousarray(numpy_helper.to_array(init).T), source))
+        if not (init is not None and init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2
+                and _perm(node) in (None, [1, 0]) and node.output[0] not in keep):
+            nodes.append(node)
+        elif len(readers[source]) == 1 and source not in keep:
+            assign(init, values(init, data).T, data)
             renames[node.output[0]] = source
-            continue
-        nodes.append(node)
+        elif all(r.op_type in ("MatMul", "Gemm") and list(r.input).index(node.output[0]) == 1
+                 and node.output[0] not in r.input[2:] for r in readers.get(node.output[0], [])):
+            # W read as it is (an embedding table) and, transposed, as a linear's weight (a
+            # tied LM head): the linear gets a transposed copy, so each use can be quantised.
+            assign(graph.initializer.add(), values(init, data).T, data, node.output[0])
+            inits[node.output[0]] = graph.initializer[-1]
+        else:
+            nodes.append(node)
     _rename_inputs(nodes, renames)
     _unshare_biases(graph, nodes, inits, keep)
     del graph.node[:]

@@ -4,7 +4,6 @@ ONNX files, and pickled nn.Modules only when the caller allows unpickling; and t
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import zipfile
@@ -42,7 +41,7 @@ class SourceModel:
     inputs: list[TensorSpec]
     module: torch.nn.Module | None = None
     program: object | None = None  # torch.export.ExportedProgram for .pt2
-    onnx_model: onnx.ModelProto | None = None
+    onnx_model: onnx.ModelProto | None = None  # external data left in files beside path
     output_names: list[str] = field(default_factory=list)
     allow_pickle: bool = False  # the user allowed unpickling this file
     dim_bounds: dict = field(default_factory=dict)  # symbolic dim -> (min, max or None)
@@ -50,13 +49,6 @@ class SourceModel:
     @property
     def is_torch(self) -> bool:
         return self.kind != "onnx"
-
-    def fresh_module(self) -> torch.nn.Module:
-        """A new copy of the torch module (so weights can be replaced): read from the file
-        again, or a deep copy of a module in memory."""
-        if self.kind == "module" or self.path is None:
-            return copy.deepcopy(self.module)
-        return load_model(self.path, allow_pickle=self.allow_pickle, _inputs=self.inputs).module
 
 
 # Dimensions of at most 10 digits: int32 range, checked below.
@@ -155,8 +147,7 @@ def onnx_input_specs(model: onnx.ModelProto, path: Path | None = None) -> list[T
     return specs
 
 
-def load_model(path, *, input_shapes=(), shape_ranges=(), allow_pickle: bool = False,
-               _inputs: list[TensorSpec] | None = None) -> SourceModel:
+def load_model(path, *, input_shapes=(), shape_ranges=(), allow_pickle: bool = False) -> SourceModel:
     """Load MODEL by its extension. Input specs come from the file (ONNX inputs, a JSON
     sidecar next to a torch file) and are overridden by input_shapes (--input-shape); a torch
     file that declares none may take them from shape_ranges (--shapes: the opt shapes).
@@ -176,9 +167,7 @@ def load_model(path, *, input_shapes=(), shape_ranges=(), allow_pickle: bool = F
     else:
         raise InputError(f"{path}: unsupported model file extension {path.suffix or '(none)'!r} "
                          f"(supported: {known_suffixes('onnx', 'exported', 'torchscript')})")
-    if _inputs is not None:
-        source.inputs = _inputs
-    elif input_shapes:
+    if input_shapes:
         source.inputs = specs_from_shapes(input_shapes, source.inputs or None)
     else:
         source.inputs = source.inputs or _sidecar_specs(path) or specs_from_ranges(shape_ranges)
@@ -187,14 +176,14 @@ def load_model(path, *, input_shapes=(), shape_ranges=(), allow_pickle: bool = F
         raise InputError(f"{path}: input shapes unknown; pass --input-shape (e.g. 1x3x224x224) "
                          f"or --shapes, or put a {path.with_suffix('.json').name} sidecar next "
                          "to the model")
-    if _inputs is None:
-        check_runs(source)
+    check_runs(source)
     return source
 
 
 def _load_onnx(path: Path, input_shapes) -> SourceModel:
     try:
-        model = onnx.load(str(path))  # external data is read from beside the file
+        # Tensors in external data files stay there: the export reads them one at a time.
+        model = onnx.load(str(path), load_external_data=False)
         check(model, path)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
         raise InputError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None

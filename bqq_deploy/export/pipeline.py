@@ -4,8 +4,7 @@ solver -> graph surgery -> bundle directory with report (docs/ONNX.md, docs/CLI.
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,19 +13,21 @@ import onnx
 import torch
 
 from ..bundle import Bundle
+from ..memory import Stages
 from ..errors import BQQError, InputError
-from ..format import save_layers
-from ..quantize import InputStatistics, quantize_weights
+from ..format import BQQWeight, save_layers
+from ..quantize import distributed, quantize_weights
 from ..quantize.selection import excluded, too_small
 from ..report import ExportReport, LayerEntry, SkippedLayer
-from ..specs import describe_profiles, integer_inputs, read_npz, resolve_profiles, sample_inputs
+from ..specs import describe_profiles, read_npz, resolve_profiles, sample_inputs
 from . import forms, surgery
 from .external import onnx_bytes, write_onnx_files
 from .loaders import TRACED_KINDS, SourceModel, onnx_input_specs
 from .notices import Notices, collecting
 from .onnx_export import ensure_opset, torch_to_onnx
 from .options import ExportOptions
-from .torch_map import bqq_torch_model, match_parameters
+from ..tensors import TensorFiles, external_entry, nbytes
+from .torch_map import dequantised, match_parameters
 
 log = logging.getLogger(__name__)
 
@@ -197,74 +198,74 @@ def check_exported_inputs(fp32: onnx.ModelProto, source: SourceModel) -> None:
                                  "give a fixed size for it with --shapes")
 
 
-def fp32_onnx(source: SourceModel) -> onnx.ModelProto:
-    """The source as an fp32 ONNX model at opset >= 18 with every node named."""
-    model = source.onnx_model if source.onnx_model is not None else torch_to_onnx(source)
-    return surgery.name_nodes(forms.normalize(ensure_opset(model)))
+def fp32_onnx(source: SourceModel, work: TensorFiles | None = None) -> onnx.ModelProto:
+    """The source as an fp32 ONNX model at opset >= 18 with every node named. With work
+    (tensors.TensorFiles) every large tensor is a file there, read only when needed; without,
+    the model holds its tensors."""
+    if source.onnx_model is None:
+        model = torch_to_onnx(source, work)
+    elif work is not None:
+        model = source.onnx_model
+        work.adopt(model, Path(source.path).parent)
+    else:
+        model = forms.copy_model(source.onnx_model)
+        onnx.external_data_helper.load_external_data_for_model(model, str(Path(source.path).parent))
+    model = surgery.name_nodes(forms.normalize(ensure_opset(model), work))
+    if work is not None:
+        work.externalize(model)
+    return model
 
 
 def export_bundle(source: SourceModel, out: str | Path,
-                  options: ExportOptions | None = None) -> ExportReport:
+                  options: ExportOptions | None = None) -> ExportReport | None:
     """Quantise source's linear layers and write the bundle directory out; returns the report.
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs this: the layers are solved by all ranks
+    (quantize.distributed, through options.cache_dir, which they must share), rank 0 writes
+    the bundle and returns the report, the other ranks return None once their share is done.
 
     The bundle (docs/ONNX.md): model.onnx (portable, ONNX Runtime), model.trt.onnx and
     model.trt.fp16.onnx (TensorRT plugin forms), layers.bqq.safetensors, report.json/md;
     with target "trt" also the engine (bqq_deploy.trt.export_trt) or its device kit. The
     report's verdict says whether the checks passed; a failed verdict does not raise here
-    (the CLI turns it into exit status 1). Warnings are collected into report.warnings."""
+    (the CLI turns it into exit status 1). Warnings are collected into report.warnings.
+    Large tensors wait in a working directory next to out while the export runs (memory holds
+    one layer's weights at a time, besides what ONNX Runtime and a torch source hold:
+    docs/SCALE.md)."""
     options = options or ExportOptions()
     Bundle.check_destination(out, options.force)  # fail before minutes of solving
+    if distributed.setup() and options.cache_dir is None:
+        raise InputError("a torch.distributed export needs a solver cache directory shared by "
+                         "every rank (--cache-dir, cache_dir=): the ranks hand their layers over "
+                         "through it")
     notices = Notices()
-    with collecting(notices):
-        return _export(source, out, options, notices)
+    with collecting(notices), Bundle.workspace(out) as work:
+        return _export(source, out, options, notices, TensorFiles(work))
 
 
-def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) -> ExportReport:
-    timings: dict[str, float] = {}
+def _export(source: SourceModel, out, options: ExportOptions, notices: Notices,
+            work: TensorFiles) -> ExportReport | None:
+    stages = Stages()
     data = prepare_data(source, options)
     source = input_profiles(source, options, data)
     if source.kind == "exported" and all(s.min == s.max for s in source.inputs):
         notices.add("the program has no dynamic dimension: the exported files accept only "
                     "this shape (export it with dynamic_shapes for a dynamic batch)",
                     subject=Path(source.path).name, source="torch.export")
-    clock = time.perf_counter()
-    fp32 = fp32_onnx(source)
-    check_exported_inputs(fp32, source)
-    outputs = check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data))
-    fix_declared_outputs(fp32, outputs)
-    if source.kind in TRACED_KINDS:
-        check_traced_dims(source, fp32)
-    timings["onnx export"] = time.perf_counter() - clock
-    candidates, skipped, matches = _select_layers(source, fp32, options)
+    with stages("onnx export"):
+        fp32 = fp32_onnx(source, work)
+        check_exported_inputs(fp32, source)
+        outputs = check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data), work)
+        fix_declared_outputs(fp32, outputs)
+        if source.kind in TRACED_KINDS:
+            check_traced_dims(source, fp32, work)
+        candidates, skipped, matches = _select_layers(source, fp32, options, work)
+    weights = _quantise(fp32, candidates, data, options, work, stages, notices)
+    if not distributed.is_writer():
+        return None
 
-    inputs = None
-    if data.calib is not None:
-        clock = time.perf_counter()
-        # Embedding tables are fit data-free: their "inputs" are token ids.
-        inputs = _checked(lambda: surgery.capture_inputs(
-            fp32, [c for c in candidates if c.op_type != "Gather"], data.calib,
-            holdout=options.config.calib_guard), "the calibration inputs")
-        timings["calibration capture"] = time.perf_counter() - clock
-        if not any(surgery.ATTENTION_MASK in feeds for feeds in data.calib):
-            notices.add(f"the model has no input named {surgery.ATTENTION_MASK}: every position of "
-                        "the calibration inputs counts as data (padding, if any, included)",
-                        source="calibration")
-
-    clock = time.perf_counter()
-    weights = {}
-    for config, group in ((options.config, [c for c in candidates if c.op_type != "Gather"]),
-                          (options.embedding_config, [c for c in candidates if c.op_type == "Gather"])):
-        weights.update(quantize_weights(
-            {c.layer: torch.from_numpy(c.weight) for c in group}, config,
-            biases={c.layer: torch.from_numpy(c.bias) for c in group if c.bias is not None},
-            calib={c.layer: inputs[c.layer] for c in group if c.layer in (inputs or {})},
-            cache_dir=options.cache_dir, progress=options.progress) if group else {})
-    timings["quantisation"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    models = _rewrite(fp32, candidates, weights)
-    timings["graph surgery"] = time.perf_counter() - clock
-
+    with stages("graph surgery"):
+        models = _rewrite(fp32, candidates, weights, work)
     report = ExportReport(
         model=str(source.path), model_kind=source.kind, target=options.target,
         config=options.config.to_dict(), inputs=[s.to_dict() for s in source.inputs],
@@ -272,46 +273,130 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices) 
                "tensorrt_fp16": Bundle.TRT_ONNX_FP16, "layers": Bundle.LAYERS},
         layers=[_layer_entry(c, weights[c.layer], candidates) for c in _first_uses(candidates)],
         skipped=skipped,
-        calibration=data.calib_info, timings_s=timings,
+        calibration=data.calib_info, timings_s=stages.seconds, peak_rss_mib=stages.peak_rss_mib,
         shape_ranges=("as given: " if options.shapes else "defaults (set them with --shapes or "
                       "dynamic_shapes): ") + describe_profiles(source.inputs))
     with Bundle.create(out, options.force) as bundle:
-        save_layers(bundle / Bundle.LAYERS, {c.layer: weights[c.layer] for c in candidates})
-        write_onnx_files(bundle.root, models, Bundle.LAYERS, Bundle.WEIGHTS)
-        report.sizes = _sizes(bundle, fp32, _first_uses(candidates), weights)
-        clock = time.perf_counter()
-        report.validation, report.latency = _validate(
-            source, fp32, bundle / Bundle.PORTABLE_ONNX, candidates, weights, matches, data,
-            options)
-        report.verdict = verdict(report.validation, options)
-        timings["validation"] = time.perf_counter() - clock
+        with stages("bundle files"):
+            save_layers(bundle / Bundle.LAYERS, {c.layer: weights[c.layer] for c in candidates})
+            write_onnx_files(bundle.root, models, Bundle.LAYERS, Bundle.WEIGHTS, work)
+            del models
+            report.sizes = _sizes(bundle, fp32, _first_uses(candidates), weights)
+        with stages("validation"):
+            report.validation, report.latency = _validate(
+                source, fp32, bundle / Bundle.PORTABLE_ONNX, candidates, weights, matches, data,
+                options, work)
+            report.verdict = verdict(report.validation, options)
         if options.target == "trt":
             from ..trt import export_trt
 
-            clock = time.perf_counter()
-            bundle.write_report(report)  # the engine manifest records the quantiser settings
-            report.engine = export_trt(bundle.root, input_specs=source.inputs,
-                                       build_on_device=options.build_on_device, log=log)
-            # the bundle is built in a temporary directory but the user will find it at out
-            report.engine.message = report.engine.message.replace(str(bundle.root), str(out))
-            timings["tensorrt"] = time.perf_counter() - clock
+            with stages("tensorrt"):
+                bundle.write_report(report)  # the engine manifest records the quantiser settings
+                report.engine = export_trt(bundle.root, input_specs=source.inputs,
+                                           build_on_device=options.build_on_device, log=log)
+                # the bundle is built in a temporary directory but the user will find it at out
+                report.engine.message = report.engine.message.replace(str(bundle.root), str(out))
         report.warnings = notices.lines()
         bundle.write_report(report)
     return report
 
 
-def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOptions):
+# Calibration statistics held at once, in bytes: larger sets of layers are captured and
+# solved a group at a time (a layer with K inputs keeps E[x x^T], 8 K^2 bytes: 189 MB at
+# K = 4864). A constant, so that one and several processes form the same groups.
+CAPTURE_BYTES = 2**30
+
+
+def _quantise(fp32: onnx.ModelProto, candidates, data: ExportData, options: ExportOptions,
+              work: TensorFiles, stages: Stages, notices: Notices) -> dict[str, BQQWeight]:
+    """Every candidate layer solved: the linears with calibration statistics when there is
+    calibration data, captured group by group (CAPTURE_BYTES), then the embedding tables
+    (fit data-free: their "inputs" are token ids). Weights are read from work as solved."""
+    linears = [c for c in candidates if c.op_type != "Gather"]
+    tables = [c for c in candidates if c.op_type == "Gather"]
+    capture, groups = None, [linears]
+    if data.calib is not None and linears:
+        with stages("calibration capture"):
+            capture = _checked(lambda: surgery.InputCapture(fp32, linears, work, options.config.calib_guard),
+                               "the calibration inputs")
+        groups = _capture_groups(linears)
+        if not any(surgery.ATTENTION_MASK in feeds for feeds in data.calib):
+            notices.add(f"the model has no input named {surgery.ATTENTION_MASK}: every position of "
+                        "the calibration inputs counts as data (padding, if any, included)",
+                        source="calibration")
+    weights = {}
+    for config, group in [*((options.config, g) for g in groups), (options.embedding_config, tables)]:
+        if not group:
+            continue
+        inputs = {}
+        if capture is not None and config is options.config:
+            with stages("calibration capture"):
+                inputs = _checked(lambda: capture.statistics(group, data.calib), "the calibration inputs")
+        with stages("quantisation"):
+            first: dict[str, surgery.Candidate] = {}  # a shared weight's first use
+            for cand in group:
+                first.setdefault(cand.layer, cand)
+            weights.update(quantize_weights(
+                LazyWeights(first), config,
+                biases={c.layer: torch.from_numpy(c.bias) for c in group if c.bias is not None},
+                calib=inputs, cache_dir=options.cache_dir, progress=options.progress))
+        del inputs
+    return weights
+
+
+def _capture_groups(linears: list) -> list[list]:
+    """linears in consecutive groups whose statistics (one per distinct input tensor) take
+    at most CAPTURE_BYTES, every use of a shared weight in its layer's group."""
+    uses: dict[str, list] = {}
+    for cand in linears:
+        uses.setdefault(cand.layer, []).append(cand)
+    groups, group, size, seen = [], [], 0, set()
+    for layer_uses in uses.values():
+        new = {c.input: 8 * c.shape[1] * (c.shape[1] + 1) for c in layer_uses if c.input not in seen}
+        if group and size + sum(new.values()) > CAPTURE_BYTES:
+            groups.append(group)
+            group, size, seen = [], 0, set()
+            new = {c.input: 8 * c.shape[1] * (c.shape[1] + 1) for c in layer_uses}
+        group += layer_uses
+        size += sum(new.values())
+        seen |= set(new)
+    return groups + ([group] if group else [])
+
+
+class LazyWeights(Mapping):
+    """{layer: W [M, K] torch tensor} of candidates, each read from the graph when asked for."""
+
+    def __init__(self, candidates: dict):
+        self.candidates = candidates
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        return torch.from_numpy(self.candidates[layer].weight)
+
+    def __iter__(self):
+        return iter(self.candidates)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+
+def _select_layers(source: SourceModel, fp32: onnx.ModelProto, options: ExportOptions,
+                   work: TensorFiles | None = None):
     """The linear layers to quantise (surgery.Candidate, named after their torch parameter
     when one matches), the ones left in float with the reason, and the torch matches."""
-    found, rejected = surgery.find_candidates(fp32)
+    found, rejected = surgery.find_candidates(fp32, work)
     if options.embeddings == "bqq":
-        tables, tables_rejected = surgery.find_embeddings(fp32)
+        tables, tables_rejected = surgery.find_embeddings(fp32, work)
         found, rejected = found + tables, rejected + tables_rejected
     skipped = [SkippedLayer(**entry) for entry in rejected]
     matches = match_parameters(source.module, found) if source.is_torch else {}
+    owner: dict[str, str] = {}  # layer name -> the ONNX weight that has it
     for cand in found:
         if cand.node in matches:
-            cand.layer = matches[cand.node].weight
+            name = matches[cand.node].weight
+            if owner.setdefault(name, cand.weight_name) == cand.weight_name:
+                cand.layer = name
+            else:  # a second ONNX copy of one torch tensor (no other name left for it)
+                del matches[cand.node]
     reasons: dict[str, str | None] = {}  # per layer: a shared weight is in or out as a whole
     for cand in found:
         if cand.layer not in reasons:
@@ -337,14 +422,15 @@ def _first_uses(candidates: list[surgery.Candidate]) -> list[surgery.Candidate]:
     return [c for c in candidates if c.use == 0]
 
 
-def _rewrite(fp32: onnx.ModelProto, candidates, weights) -> dict[str, onnx.ModelProto]:
-    """The bundle's three ONNX files, each checked by onnx.checker."""
+def _rewrite(fp32: onnx.ModelProto, candidates, weights, work: TensorFiles | None = None
+             ) -> dict[str, onnx.ModelProto]:
+    """The bundle's ONNX files, each checked by onnx.checker (large tensors in work)."""
     models, by_form = {}, {}
     for name, form, fp16 in ONNX_FILES:
-        by_form.setdefault(form, surgery.replace_with_bqq(fp32, candidates, weights, form))
-        models[name] = surgery.to_fp16(by_form[form]) if fp16 else by_form[form]
+        by_form.setdefault(form, surgery.replace_with_bqq(fp32, candidates, weights, form, work))
+        models[name] = surgery.to_fp16(by_form[form], work) if fp16 else by_form[form]
         try:
-            forms.check(models[name], full_check=True)  # past 2 GB: checked once saved
+            forms.check(models[name], full_check=True, data=work)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise RuntimeError(f"{name} failed onnx.checker: {exc}") from exc
     return models
@@ -369,14 +455,18 @@ def _layer_entry(cand: surgery.Candidate, weight, candidates=()) -> LayerEntry:
 def _sizes(bundle: Bundle, fp32: onnx.ModelProto, candidates, weights) -> dict:
     """Whole-file bytes (each ONNX file with the external data it reads) against the fp32
     original and its fp16 twin, the whole bundle, and the quantised layers alone."""
-    files = {"original fp32 ONNX": fp32.ByteSize(),
-             "original fp16 ONNX (estimate)": surgery.to_fp16(fp32).ByteSize()}
+    graph = fp32.ByteSize() - sum(i.ByteSize() for i in fp32.graph.initializer if external_entry(i))
+    tensors = [(i.data_type, nbytes(i)) for i in fp32.graph.initializer if external_entry(i)]
+    floats = sum(n for kind, n in tensors if kind == onnx.TensorProto.FLOAT)
+    files = {"original fp32 ONNX": graph + sum(n for _, n in tensors),
+             # float32 tensors halved (the inline ones are counted by ByteSize as they are)
+             "original fp16 ONNX (estimate)": graph + sum(n for _, n in tensors) - floats // 2}
     for name, _, _ in ONNX_FILES:
         files[name] = onnx_bytes(bundle / name)
     files[Bundle.LAYERS] = (bundle / Bundle.LAYERS).stat().st_size
     bqq_bytes = sum(weights[c.layer].nbytes for c in candidates)
-    fp16_bytes = sum(2 * c.weight.size for c in candidates)
-    n_weights = sum(c.weight.size for c in candidates)
+    n_weights = sum(c.shape[0] * c.shape[1] for c in candidates)
+    fp16_bytes = 2 * n_weights
     return {"files": files,
             "bundle_bytes": sum(p.stat().st_size for p in bundle.root.rglob("*") if p.is_file()),
             "quantised_layers": {"weights": n_weights, "bqq_bytes": bqq_bytes,
@@ -385,53 +475,60 @@ def _sizes(bundle: Bundle, fp32: onnx.ModelProto, candidates, weights) -> dict:
 
 
 def _validate(source, fp32, portable_path, candidates, weights, matches, data: ExportData,
-              options: ExportOptions):
+              options: ExportOptions, work: TensorFiles):
     """Parity of model.onnx in ONNX Runtime against the float model with the same dequantised
-    weights (torch when every weight maps to a torch parameter, else the ONNX graph), on the
-    real inputs when there are any, else on probes (sample_inputs); accuracy against the
-    original only on real inputs; latency of the original and BQQ ONNX files."""
+    weights (torch when every weight maps to a torch parameter of its own, else the ONNX
+    graph), on the real inputs when there are any, else on probes (sample_inputs); accuracy
+    against the original only on real inputs; latency of the original and BQQ ONNX files.
+    One model is loaded at a time: each runs every input and is released before the next."""
     from .. import runtime
     from ..runtime.torch_backend import TorchBackend
 
     feeds, real = validation_feeds(source, data)
     what = _feeds_label(data)
-    with tempfile.TemporaryDirectory(prefix="bqq-validate-") as scratch:
-        original_onnx = Path(scratch) / "original.onnx"
-        forms.save(fp32, original_onnx)
-        bqq = runtime.load(portable_path, backend="onnxruntime", providers=["CPUExecutionProvider"])
-        original = runtime.load(original_onnx, backend="onnxruntime", providers=["CPUExecutionProvider"])
-        reference, reference_kind = None, None
-        if source.is_torch and all(c.node in matches for c in candidates):
-            try:
-                module = bqq_torch_model(source.fresh_module(), candidates, weights, matches)
-                reference = TorchBackend(module, label="bqq-reference", device="cpu",
-                                         input_specs=source.inputs)
-                reference_kind = "PyTorch model with each quantised weight replaced by its W_hat"
-            except ValueError as exc:
-                log.info("torch reference unavailable (%s); using the ONNX one", exc)
-        if reference is None:
-            ref_path = Path(scratch) / "reference.onnx"
-            forms.save(surgery.with_weights(fp32, candidates, weights), ref_path)
-            reference = runtime.load(ref_path, backend="onnxruntime", providers=["CPUExecutionProvider"])
-            reference_kind = "fp32 ONNX graph with each quantised weight replaced by its W_hat"
-        parity = _checked(lambda: runtime.validate(reference, bqq, feeds, runtime.Tolerances(
-            min_cosine=PARITY_MIN_COSINE, max_rel=PARITY_MAX_REL, min_top1=None)), what)
-        validation = {"inputs": data.val_info | {"batches": len(feeds)},
-                      "vs_bqq_reference_kind": reference_kind,
-                      "vs_bqq_reference": parity.to_dict() | {"markdown": parity.to_markdown()}}
+
+    def record(load, latency_name=None):
+        backend = _checked(load, "ONNX Runtime (load)")
+        runs = _checked(lambda: runtime.record(backend, feeds), what)
+        if latency_name and options.bench_iters > 0:
+            result = runtime.benchmark(backend, feeds[0], warmup=5, iters=options.bench_iters).to_dict()
+            result.pop("samples_ms", None)
+            latency[latency_name] = result
+        return runs
+
+    def onnx_file(path):
+        return lambda: runtime.load(path, backend="onnxruntime", providers=["CPUExecutionProvider"])
+
+    latency = {}
+    reference = None
+    if source.is_torch and all(c.node in matches for c in candidates):
+        try:
+            with dequantised(source.module, candidates, weights, matches) as module:
+                reference = record(lambda: TorchBackend(module, label="bqq-reference", device="cpu",
+                                                        input_specs=source.inputs))
+            reference_kind = "PyTorch model with each quantised weight replaced by its W_hat"
+        except ValueError as exc:
+            log.info("torch reference unavailable (%s); using the ONNX one", exc)
+    if reference is None:
+        with work.session_path(surgery.with_weights(fp32, candidates, weights, work), "reference") as path:
+            reference = record(onnx_file(path))
+        reference_kind = "fp32 ONNX graph with each quantised weight replaced by its W_hat"
+    bqq = record(onnx_file(portable_path), Bundle.PORTABLE_ONNX)
+    parity = runtime.compare(reference, bqq, runtime.Tolerances(
+        min_cosine=PARITY_MIN_COSINE, max_rel=PARITY_MAX_REL, min_top1=None))
+    validation = {"inputs": data.val_info | {"batches": len(feeds)},
+                  "vs_bqq_reference_kind": reference_kind,
+                  "vs_bqq_reference": parity.to_dict() | {"markdown": parity.to_markdown()}}
+    if real or options.bench_iters > 0:
+        with work.session_path(fp32, "original") as path:
+            original = record(onnx_file(path), "original fp32 ONNX")
         if real:
-            quality = _checked(lambda: runtime.validate(original, bqq, feeds, options.tolerances), what)
+            quality = runtime.compare(original, bqq, options.tolerances)
             validation |= {
                 "vs_original_kind": "the original model exported to fp32 ONNX, in ONNX Runtime",
                 "vs_original": quality.to_dict() | {"markdown": quality.to_markdown()}}
-        latency = {}
-        if options.bench_iters > 0:
-            for name, backend in (("original fp32 ONNX", original), (Bundle.PORTABLE_ONNX, bqq)):
-                result = runtime.benchmark(backend, feeds[0], warmup=5,
-                                           iters=options.bench_iters).to_dict()
-                result.pop("samples_ms", None)
-                latency[name] = result
-    return validation, latency
+    order = ("original fp32 ONNX", Bundle.PORTABLE_ONNX)
+    return validation, {name: latency[name] for name in order if name in latency}
 
 
 def validation_feeds(source: SourceModel, data: ExportData) -> tuple[list[dict], bool]:
@@ -449,14 +546,16 @@ def _feeds_label(data: ExportData) -> str:
                                  "NAME:MIN/OPT/MAX, or give --val-data)")
 
 
-def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> dict[str, np.ndarray]:
-    """Run the fp32 model on feeds in ONNX Runtime, so inputs it refuses are reported before
-    minutes of solving; returns the outputs of the last batch by name."""
+def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str,
+                  work: TensorFiles | None = None) -> dict[str, np.ndarray]:
+    """Run the fp32 model (its large tensors in work) on feeds in ONNX Runtime, so inputs it
+    refuses are reported before minutes of solving; returns the outputs of the last batch by
+    name."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # the exception says it; ORT's own log would repeat it
-    with forms.session_path(model) as what_to_load:
+    with forms.session_path(model, work) as what_to_load:
         session = _checked(lambda: ort.InferenceSession(
             what_to_load, options, providers=["CPUExecutionProvider"]), "ONNX Runtime (load)")
     names = [o.name for o in session.get_outputs()]
@@ -466,7 +565,7 @@ def check_runs_on(model: onnx.ModelProto, feeds: list[dict], what: str) -> dict[
     return outputs
 
 
-def check_traced_dims(source: SourceModel, fp32: onnx.ModelProto) -> None:
+def check_traced_dims(source: SourceModel, fp32: onnx.ModelProto, work: TensorFiles | None = None) -> None:
     """A traced export is only right at other sizes if the trace recorded how each dim is
     used; one that turned a size into a constant computes something else there, silently.
     So the torch module and the fp32 graph run on probes at a second shape inside every
@@ -477,7 +576,7 @@ def check_traced_dims(source: SourceModel, fp32: onnx.ModelProto) -> None:
     if all(a.opt == b.opt for a, b in zip(other, source.inputs)):
         return
     feeds = sample_inputs(other, seed=VALIDATION_BATCHES)
-    graph = check_runs_on(fp32, [feeds], "probe inputs one step from the opt shape")
+    graph = check_runs_on(fp32, [feeds], "probe inputs one step from the opt shape", work)
     with torch.no_grad():
         flat = source.module(*(torch.from_numpy(feeds[s.name]) for s in other))
     expected = [t for t in (flat if isinstance(flat, (tuple, list)) else [flat])

@@ -6,7 +6,8 @@ form); plus the fp16 variant of a graph."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from ..quantize import InputStatistics
 from .. import contract
 from . import forms
 from .function import decode_function, node_attributes
+from ..tensors import TensorFiles, assign, values
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,15 @@ class Candidate:
     """One quantisable linear: y = x W^T (+ bias) computed by `node` (and `bias_node`).
 
     weight is W [M, K] (out x in) as float32, whatever the layout of the ONNX constant
-    (MatMul stores W^T; Gemm stores W when transB=1). layer is the name the layer goes by
-    (a torch parameter name when one matches, else the ONNX initializer name)."""
+    (MatMul stores W^T; Gemm stores W when transB=1), read from the graph each time it is
+    asked for (a large model's weights are not all held at once). layer is the name the
+    layer goes by (a torch parameter name when one matches, else the ONNX initializer name)."""
 
     node: str
     op_type: str
     weight_name: str
-    weight: np.ndarray
+    shape: tuple[int, int]  # [M, K]
+    read: Callable[[], np.ndarray] = field(repr=False, compare=False)  # W [M, K] float32
     bias: np.ndarray | None
     bias_name: str | None
     bias_node: str | None
@@ -53,8 +57,8 @@ class Candidate:
         self.layer = self.layer or self.weight_name
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.weight.shape)
+    def weight(self) -> np.ndarray:
+        return self.read()
 
     @property
     def bqq_node(self) -> str:
@@ -87,10 +91,17 @@ def _attr(node: gs.Node, key: str, default):
     return node.attrs.get(key, default)
 
 
-def _const(tensor) -> np.ndarray | None:
-    if isinstance(tensor, gs.Constant) and tensor.values.dtype == np.float32:
-        return np.asarray(tensor.values)
-    return None
+def _const(tensor) -> bool:
+    """A float32 constant (its values are not read here)."""
+    return isinstance(tensor, gs.Constant) and tensor.dtype == np.float32
+
+
+def _reader(tensor: onnx.TensorProto, data: TensorFiles | None, transpose: bool):
+    """A function returning tensor's values (transposed) as a writable C-order float32 array."""
+    def read() -> np.ndarray:
+        array = values(tensor, data)
+        return np.require(array.T if transpose else array, np.float32, ["C", "W"])
+    return read
 
 
 def _bias_vector(values: np.ndarray | None, out_features: int, max_ndim: int) -> np.ndarray | None:
@@ -111,7 +122,8 @@ def _weight_like(tensor) -> bool:
         producers[0].inputs[0], gs.Constant)
 
 
-def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]]:
+def find_candidates(model: onnx.ModelProto, data: TensorFiles | None = None
+                    ) -> tuple[list[Candidate], list[dict]]:
     """MatMul(x, B) with constant 2-D B, and Gemm(x, B[, C]) with constant B (alpha = 1,
     transA = 0, beta = 1 when C is given), each with a single-consumer bias Add folded in.
     model must be in forms.normalize's form with named nodes (name_nodes).
@@ -121,9 +133,15 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
     differ). Returns the candidates and, for every other MatMul / Gemm with a weight-like
     input B (linears inside If / Loop / Scan subgraphs included), {"layer", "onnx_node",
     "reason"}: why it stays in float. Layers are named after the module path the file records
-    (forms.module_path), else the weight."""
+    (forms.module_path), else the weight. data: where model's large tensors are
+    (tensors.TensorFiles; None: inline); no weight is read here, only biases."""
     graph = gs.import_onnx(model)
     protos = {node.name: node for node in model.graph.node}
+    inits = {init.name: init for init in model.graph.initializer}
+
+    def bias_values(tensor) -> np.ndarray | None:
+        return values(inits[tensor.name], data) if _const(tensor) and tensor.name in inits else None
+
     consumers: dict[str, list] = {}
     for node in graph.nodes:
         for tensor in node.inputs:
@@ -142,14 +160,13 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
         x, b_tensor = node.inputs[0], node.inputs[1]
         if isinstance(x, gs.Constant) or not _weight_like(b_tensor):
             continue  # activation x activation (e.g. attention scores): not a linear layer
-        b = _const(b_tensor)
-        if b is None:
+        if not _const(b_tensor) or b_tensor.name not in inits:
             reject(node, f"weight {b_tensor.name} is not a float32 initializer of its own "
                          "(an Identity of a shared constant)" if not isinstance(b_tensor, gs.Constant)
                    else f"weight {b_tensor.name} is not float32")
             continue
-        if b.ndim != 2:
-            reject(node, f"weight {b_tensor.name} has {b.ndim} dims, not 2")
+        if len(b_tensor.shape) != 2:
+            reject(node, f"weight {b_tensor.name} has {len(b_tensor.shape)} dims, not 2")
             continue
         readers = consumers[b_tensor.name]
         other = next((r for r in readers if r.op not in ("MatMul", "Gemm") or r.inputs[1] is not b_tensor
@@ -165,10 +182,11 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
             if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "transA", 0):
                 reject(node, "Gemm with alpha != 1 or transA")
                 continue
-            weight = b if _attr(node, "transB", 0) else b.T
+            transposed = not _attr(node, "transB", 0)
+            rows = b_tensor.shape[1] if transposed else b_tensor.shape[0]
             if len(node.inputs) > 2 and node.inputs[2].name:
                 c_tensor = node.inputs[2]
-                bias = _bias_vector(_const(c_tensor), weight.shape[0], max_ndim=2)
+                bias = _bias_vector(bias_values(c_tensor), rows, max_ndim=2)
                 if bias is None or _attr(node, "beta", 1.0) != 1.0:
                     reject(node, f"Gemm bias {c_tensor.name} is not a float32 [M] constant with beta 1")
                     continue
@@ -179,16 +197,17 @@ def find_candidates(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
                     continue
                 bias_name = c_tensor.name
         else:
-            weight = b.T
+            transposed, rows = True, b_tensor.shape[1]
         if bias is None and not shared and len(out.outputs) == 1 and out.name not in graph_outputs:
             add = out.outputs[0]
             if add.op == "Add" and len(add.inputs) == 2:
                 other_input = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-                vector = _bias_vector(_const(other_input), weight.shape[0], max_ndim=1)
+                vector = _bias_vector(bias_values(other_input), rows, max_ndim=1)
                 if vector is not None and len(consumers[other_input.name]) == 1:
                     bias, bias_name, bias_node, out = vector, other_input.name, add.name, add.outputs[0]
+        shape = tuple(int(d) for d in (b_tensor.shape[::-1] if transposed else b_tensor.shape))
         found.append(Candidate(node=node.name, op_type=node.op, weight_name=b_tensor.name,
-                               weight=np.ascontiguousarray(weight, dtype=np.float32),
+                               shape=shape, read=_reader(inits[b_tensor.name], data, transposed),
                                bias=None if bias is None else bias.astype(np.float32).copy(),
                                bias_name=bias_name, bias_node=bias_node, input=x.name,
                                output=out.name, module=forms.module_path(protos[node.name])))
@@ -206,7 +225,7 @@ def _share_and_name(found: list[Candidate], rejected: list[dict]) -> None:
     for cand in found:
         by_weight.setdefault(cand.weight_name, []).append(cand)
     for name, group in by_weight.items():
-        if any(c.op_type != group[0].op_type or c.weight.shape != group[0].weight.shape
+        if any(c.op_type != group[0].op_type or c.shape != group[0].shape
                or not np.array_equal(c.weight, group[0].weight) for c in group[1:]):
             for cand in group:
                 found.remove(cand)
@@ -248,12 +267,16 @@ def _subgraph_linears(graph: onnx.GraphProto, where: str = "") -> list[dict]:
     return found
 
 
-def find_embeddings(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]]:
+def find_embeddings(model: onnx.ModelProto, data: TensorFiles | None = None
+                    ) -> tuple[list[Candidate], list[dict]]:
     """Gather(table, indices) on axis 0 of a constant float32 2-D table with run-time indices:
     an embedding lookup, whose table W [M rows = tokens, K = width] BQQ stores like a linear
     weight. Returns candidates (op_type "Gather", input = the indices) and, for tables it
-    cannot take, {"layer", "onnx_node", "reason"}."""
+    cannot take, {"layer", "onnx_node", "reason"}. No table is read here (data: see
+    find_candidates)."""
     graph = gs.import_onnx(model)
+    inits = {init.name: init for init in model.graph.initializer}
+    protos = {node.name: node for node in model.graph.node}
     users: dict[str, list] = {}
     for node in graph.nodes:
         for tensor in node.inputs:
@@ -263,8 +286,8 @@ def find_embeddings(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
         if node.op != "Gather" or len(node.inputs) != 2:
             continue
         table, indices = node.inputs
-        values = _const(table)
-        if values is None or values.ndim != 2 or isinstance(indices, gs.Constant):
+        if (not _const(table) or table.name not in inits or len(table.shape) != 2
+                or isinstance(indices, gs.Constant)):
             continue
         reason = None
         if _attr(node, "axis", 0) != 0:
@@ -277,52 +300,70 @@ def find_embeddings(model: onnx.ModelProto) -> tuple[list[Candidate], list[dict]
             rejected.append({"layer": table.name, "onnx_node": node.name, "reason": reason})
             continue
         found.append(Candidate(node=node.name, op_type="Gather", weight_name=table.name,
-                               weight=np.ascontiguousarray(values), bias=None, bias_name=None,
-                               bias_node=None, input=indices.name, output=node.outputs[0].name))
+                               shape=tuple(int(d) for d in table.shape),
+                               read=_reader(inits[table.name], data, False), bias=None, bias_name=None,
+                               bias_node=None, input=indices.name, output=node.outputs[0].name,
+                               module=forms.module_path(protos[node.name])))
     return found, rejected
 
 
-def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate], feeds_list: list[dict],
-                   holdout: bool = True) -> dict[str, InputStatistics]:
-    """Statistics of each candidate's input activations over feeds_list, by running the fp32
-    model in ONNX Runtime with those tensors added as graph outputs. Keyed by candidate.layer;
-    layers that read the same tensor share one InputStatistics. Padded positions are dropped
-    where a feed has an input named attention_mask whose shape matches the rows
-    (InputStatistics.add); holdout: every 8th sample held out for the guard."""
-    import onnxruntime as ort
+class InputCapture:
+    """The fp32 model in ONNX Runtime with the input tensor of every candidate added as a
+    graph output, from which the statistics of any group of those layers are captured: one
+    group at a time, the statistics held at once stay bounded (a large layer's E[x x^T] is
+    K x K float64). holdout: every 8th sample of the statistics is held out for the guard."""
 
-    model = forms.copy_model(model)
-    existing = {o.name for o in model.graph.output}
-    names = list(dict.fromkeys(c.input for c in candidates))
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # errors arrive as exceptions
-    with forms.session_path(model) as what:
-        session = ort.InferenceSession(what, options, providers=["CPUExecutionProvider"])
-    # A tensor read by several layers is captured once, and layers that read the same
-    # tensors share one InputStatistics (one metric for the solver); a layer whose weight
-    # several nodes share sees the rows of all of them.
-    reads: dict[str, list[str]] = {}
-    for cand in candidates:
-        if cand.input not in reads.setdefault(cand.layer, []):
-            reads[cand.layer].append(cand.input)
-    shared: dict[tuple, InputStatistics] = {}
-    for feeds in feeds_list:
-        mask = feeds.get(ATTENTION_MASK)
-        mask = None if mask is None else torch.from_numpy(np.asarray(mask))
-        values = dict(zip(names, session.run(names, feeds)))
-        for tensors in dict.fromkeys(tuple(t) for t in reads.values()):
-            for name in tensors:
-                if tensors not in shared:
-                    shared[tensors] = InputStatistics(values[name].shape[-1], holdout=holdout)
-                shared[tensors].add(torch.from_numpy(values[name]), mask)
-    return {layer: shared[tuple(tensors)] for layer, tensors in reads.items()}
+    def __init__(self, model: onnx.ModelProto, candidates: list[Candidate],
+                 data: TensorFiles | None = None, holdout: bool = True):
+        import onnxruntime as ort
+
+        self.holdout = holdout
+        model = forms.copy_model(model)
+        existing = {o.name for o in model.graph.output}
+        for name in dict.fromkeys(c.input for c in candidates):
+            if name not in existing:
+                model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # errors arrive as exceptions
+        with forms.session_path(model, data) as what:
+            self.session = ort.InferenceSession(what, options, providers=["CPUExecutionProvider"])
+
+    def statistics(self, candidates: list[Candidate], feeds_list: list[dict]) -> dict[str, InputStatistics]:
+        """Statistics of each candidate's input activations over feeds_list, keyed by
+        candidate.layer; layers that read the same tensors share one InputStatistics (one
+        metric for the solver). Padded positions are dropped where a feed has an input
+        named attention_mask whose shape matches the rows (InputStatistics.add); with
+        self.holdout every 8th sample is held out for the guard."""
+        names = list(dict.fromkeys(c.input for c in candidates))
+        # A tensor read by several layers is captured once; a layer whose weight several
+        # nodes share sees the rows of all of them.
+        reads: dict[str, list[str]] = {}
+        for cand in candidates:
+            if cand.input not in reads.setdefault(cand.layer, []):
+                reads[cand.layer].append(cand.input)
+        shared: dict[tuple, InputStatistics] = {}
+        for feeds in feeds_list:
+            mask = feeds.get(ATTENTION_MASK)
+            mask = None if mask is None else torch.from_numpy(np.asarray(mask))
+            outputs = dict(zip(names, self.session.run(names, feeds)))
+            for tensors in dict.fromkeys(tuple(t) for t in reads.values()):
+                for name in tensors:
+                    if tensors not in shared:
+                        shared[tensors] = InputStatistics(outputs[name].shape[-1], holdout=self.holdout)
+                    shared[tensors].add(torch.from_numpy(outputs[name]), mask)
+        return {layer: shared[tuple(tensors)] for layer, tensors in reads.items()}
+
+
+def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate], feeds_list: list[dict],
+                   data: TensorFiles | None = None, holdout: bool = True) -> dict[str, InputStatistics]:
+    """Statistics of each candidate's input activations over feeds_list, by running the fp32
+    model in ONNX Runtime with those tensors added as graph outputs (InputCapture)."""
+    return InputCapture(model, candidates, data, holdout).statistics(candidates, feeds_list)
 
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
-                     weights: dict[str, BQQWeight], form: str) -> onnx.ModelProto:
+                     weights: dict[str, BQQWeight], form: str,
+                     data: TensorFiles | None = None) -> onnx.ModelProto:
     """A copy of model in which every candidate's float weight is replaced by its packed
     tensors (initializers `<layer>.bqq.{y_bits,z_bits,scales,bias}`).
 
@@ -331,9 +372,10 @@ def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
     graph stored W^T, so ONNX Runtime folds the file back into the float graph when it loads
     it. form TENSORRT: each linear becomes one BQQMatMul plugin node (bias folded in, only
     when the layer has one) and each embedding lookup one BQQGather plugin node, with no
-    function at all."""
+    function at all. data: where model's large tensors are, and the new ones go
+    (tensors.TensorFiles; None: inline)."""
     if form == PORTABLE:
-        return _substitute(model, candidates, weights, packed=True)
+        return _substitute(model, candidates, weights, True, data)
     if form != TENSORRT:
         raise ValueError(f"form must be {PORTABLE!r} or {TENSORRT!r}, got {form!r}")
     graph = gs.import_onnx(model)
@@ -365,6 +407,8 @@ def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],
     del result.functions[:]
     result.functions.extend(model.functions)
     del result.graph.value_info[:]  # stale after the rewrite; consumers re-infer shapes
+    if data is not None:
+        data.externalize(result)
     return _with_bqq_domain(result)
 
 
@@ -382,14 +426,15 @@ def _with_bqq_domain(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def with_weights(model: onnx.ModelProto, candidates: list[Candidate],
-                 weights: dict[str, BQQWeight]) -> onnx.ModelProto:
+                 weights: dict[str, BQQWeight], data: TensorFiles | None = None) -> onnx.ModelProto:
     """A copy of model whose candidate weights are replaced by their dequantised W_hat (and
     biases by the quantiser's biases): the float reference the BQQ files must match."""
-    return _substitute(model, candidates, weights, packed=False)
+    return _substitute(model, candidates, weights, False, data)
 
 
 def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
-                weights: dict[str, BQQWeight], packed: bool) -> onnx.ModelProto:
+                weights: dict[str, BQQWeight], packed: bool,
+                data: TensorFiles | None) -> onnx.ModelProto:
     """model with each candidate's weight and bias replaced by the quantiser's, its ops
     unchanged: as dense W_hat initializers, or (packed) as BQQDecode nodes on the packed
     tensors, named like the initializers they replace (so every consumer reads them)."""
@@ -407,7 +452,7 @@ def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
             replaced.add(cand.weight_name)
             if packed:
                 for const in _packed_constants(cand.layer, weight):
-                    graph.initializer.append(numpy_helper.from_array(const.values, const.name))
+                    assign(graph.initializer.add(), const.values, data, const.name)
                     inits[const.name] = graph.initializer[-1]
                 decoded = f"{cand.layer}.bqq.weight" if transposed else cand.weight_name
                 decoders.append(helper.make_node(
@@ -419,19 +464,17 @@ def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
                                                      name=f"{cand.layer}.bqq.transpose", perm=[1, 0]))
             else:
                 w_hat = weight.dequantize().numpy()
-                inits[cand.weight_name].CopyFrom(numpy_helper.from_array(
-                    np.ascontiguousarray(w_hat.T if transposed else w_hat, np.float32), cand.weight_name))
+                assign(inits[cand.weight_name], (w_hat.T if transposed else w_hat).astype(np.float32),
+                       data)
         if cand.bias_name is not None:
-            old = numpy_helper.to_array(inits[cand.bias_name])
+            shape = tuple(inits[cand.bias_name].dims)
             new = (weight.bias.numpy() if weight.bias is not None
-                   else np.zeros(weight.out_features, np.float32)).reshape(old.shape)
-            inits[cand.bias_name].CopyFrom(numpy_helper.from_array(new.astype(np.float32),
-                                                                   cand.bias_name))
+                   else np.zeros(weight.out_features, np.float32)).reshape(shape)
+            assign(inits[cand.bias_name], new.astype(np.float32), data)
         elif weight.bias is not None:  # a bias the calibration added: an Add after the node
             bias_name = f"{cand.layer}.bqq.bias"
             if bias_name not in inits:  # once for a weight several nodes share
-                graph.initializer.append(numpy_helper.from_array(
-                    weight.bias.numpy().astype(np.float32), bias_name))
+                assign(graph.initializer.add(), weight.bias.numpy().astype(np.float32), data, bias_name)
                 inits[bias_name] = graph.initializer[-1]
             unbiased = f"{cand.output}.bqq.unbiased"
             node.output[0] = unbiased
@@ -459,30 +502,30 @@ def _substitute(model: onnx.ModelProto, candidates: list[Candidate],
     return model
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, data: TensorFiles | None = None) -> onnx.ModelProto:
     """The same graph with fp16 activations: float32 initializers, Constant / ConstantOfShape
     values, Cast-to-float targets and the graph inputs / outputs become float16 (for strongly
     typed TensorRT builds, where precision comes from the tensor types); the portable form's
-    BQQ functions are replaced by their float16 variants (the decoded W_hat is float16)."""
+    BQQ functions are replaced by their float16 variants (the decoded W_hat is float16).
+    data: see replace_with_bqq (initializers; node attributes are always inline)."""
     model = forms.copy_model(model)
 
-    def half(tensor: onnx.TensorProto) -> None:
+    def half(tensor: onnx.TensorProto, data: TensorFiles | None = None) -> None:
         if tensor.data_type == TensorProto.FLOAT:
-            array = numpy_helper.to_array(tensor)
+            array = np.require(values(tensor, data), requirements=["W"])  # clipped in place
             if np.isfinite(array).all() and np.abs(array).max(initial=0) > 65504:
                 log.warning("%s: values beyond the fp16 range are clipped", tensor.name)
-            tensor.CopyFrom(numpy_helper.from_array(
-                np.clip(array, -65504, 65504).astype(np.float16), tensor.name))
+            assign(tensor, np.clip(array, -65504, 65504, out=array).astype(np.float16), data)
 
     def convert(graph: onnx.GraphProto) -> None:  # a graph and, in turn, its If/Loop bodies
         for init in graph.initializer:
-            half(init)
+            half(init, data)
         for node in graph.node:
             if node.op_type == "Constant":  # value_float(s) are fp32 by definition: make a tensor
                 for attr in list(node.attribute):
                     if attr.name in ("value_float", "value_floats"):
-                        values = [attr.f] if attr.name == "value_float" else list(attr.floats)
-                        array = np.array(values if attr.name == "value_floats" else values[0], np.float32)
+                        floats = [attr.f] if attr.name == "value_float" else list(attr.floats)
+                        array = np.array(floats if attr.name == "value_floats" else floats[0], np.float32)
                         node.attribute.remove(attr)
                         node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(array)))
             if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):

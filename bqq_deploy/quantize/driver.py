@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -17,6 +18,7 @@ from ..config import BQQConfig
 from ..errors import InputError
 from ..format import BQQWeight, pack_bits
 from ..layout import MAX_STACKS, Layout
+from . import distributed
 from .cache import LayerCache
 from .calibrated import quantize_calibrated
 from .calibration import InputStatistics
@@ -44,7 +46,7 @@ def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tens
                             progress=progress)["weight"]
 
 
-def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
+def quantize_weights(weights: Mapping[str, torch.Tensor], config: BQQConfig, *,
                      biases: dict[str, torch.Tensor] | None = None,
                      calib: dict[str, torch.Tensor | InputStatistics] | None = None,
                      cache_dir: str | Path | None = None,
@@ -54,6 +56,9 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
     """Quantise many layers; blocks of several layers share one solver batch (up to
     config.batch_weights padded weights per batch).
 
+    weights: any mapping (one that reads each weight from disk when asked keeps a large
+    model's weights out of memory: a data-free layer is read twice, to check and key it and
+    to solve it).
     calib: per layer, its input rows [N, K] or their InputStatistics (layers given the same
     InputStatistics object read the same input and share its metric). A calibrated layer
     is solved on its output error (config.calib_bits: output-aware bits, then the scales
@@ -66,43 +71,51 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
     are allocated by a sensitivity drop measured on each layer's own output error).
     references: data-free solutions already solved (at least as deep as the layer), reused
     by the guard and the budget instead of solving again.
+    Under torchrun (WORLD_SIZE > 1) the data-free batches are shared out among the ranks
+    (quantize.distributed; cache_dir is then required and must be shared), every rank
+    returns every layer, byte-identical to a one-process run; calibrated layers are solved
+    by every rank (the same result on each).
     """
     biases, calib, stacks = dict(biases or {}), dict(calib or {}), dict(stacks or {})
     unknown = (set(biases) | set(calib) | set(stacks)) - set(weights)
     if unknown:
         raise InputError(f"biases/calib/stacks name layers that are not in weights: {sorted(unknown)}")
-    inputs = {}
+    cache = LayerCache(cache_dir) if cache_dir is not None else None
+    lo, hi = config.stack_range
+    # One pass over the weights (a mapping may read each one from disk when asked for it).
+    inputs, shapes, keys = {}, {}, {}
     for name, w in weights.items():
         _check_layer(name, w, biases.get(name))
+        shapes[name] = tuple(w.shape)
         if name in calib:
             inputs[name] = _input_statistics(name, calib[name], w.shape[1])
         if name in stacks and (isinstance(stacks[name], bool) or not isinstance(stacks[name], int)
                                or not 1 <= stacks[name] <= MAX_STACKS):
             raise InputError(f"{name}: stacks must be an integer in 1..{MAX_STACKS}, got {stacks[name]!r}")
-    lo, hi = config.stack_range
+        if cache is not None and name not in inputs and (name in stacks or lo == hi):
+            keys[name] = cache.key(w, replace(config, bits=stacks.get(name, lo)), biases.get(name), None)
     free = [n for n in weights if n not in inputs]
     if lo != hi and any(n not in stacks for n in free):
         raise InputError(f"bits={config.bits} is an average over layers: it needs calibration inputs "
                          "(--calib, calib_inputs) to choose each layer's stacks")
-    cache = LayerCache(cache_dir) if cache_dir is not None else None
     bar = None
-    if progress:
+    if progress and distributed.is_writer():
         from tqdm import tqdm
 
         bar = tqdm(total=0, unit="w", unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
 
     def data_free(depths: dict[str, int]) -> dict[str, BQQWeight]:
-        return _data_free({n: weights[n] for n in depths}, config, depths,
-                          {n: biases[n] for n in depths if n in biases}, cache, bar)
+        return _data_free(weights, shapes, depths, config, biases, cache, keys, bar)
 
     try:
-        results = data_free({n: stacks.get(n, config.bits) for n in free}) if free else {}
+        results = data_free({n: stacks.get(n, lo) for n in free}) if free else {}
         if inputs:
             cal = [n for n in weights if n in inputs]
+            dense = {n: weights[n] for n in cal}
             if bar is not None and config.calib_bits:
-                bar.total += sum(weights[n].numel() * stacks.get(n, hi) for n in cal)
+                bar.total += sum(dense[n].numel() * stacks.get(n, hi) for n in cal)
             results.update(quantize_calibrated(
-                {n: weights[n] for n in cal}, config, {n: biases[n] for n in cal if n in biases},
+                dense, config, {n: biases[n] for n in cal if n in biases},
                 inputs, {n: stacks[n] for n in cal if n in stacks},
                 {n: r for n, r in (references or {}).items() if n in inputs}, data_free,
                 _pack, cache, bar, _threads))
@@ -112,31 +125,43 @@ def quantize_weights(weights: dict[str, torch.Tensor], config: BQQConfig, *,
     return {name: results[name] for name in weights}
 
 
-def _data_free(weights: dict, config: BQQConfig, depths: dict[str, int], biases: dict, cache, bar) -> dict:
-    """Data-free solves of the given layers at the given depths: cached layers loaded, the
-    rest solved in batches (one stack count per batch)."""
-    results, keys, todo = {}, {}, []
-    for name, w in weights.items():
-        cfg = replace(config, bits=depths[name])
-        if cache is not None:
-            keys[name] = cache.key(w, cfg, biases.get(name), None)
-            results[name] = cache.load(keys[name])
-            if results[name] is not None:
-                continue
-        todo.append(name)
-    if bar is not None:
-        bar.total += sum(weights[n].numel() * depths[n] for n in todo)
-        bar.refresh()
-    for depth in sorted({depths[n] for n in todo}):
-        cfg = replace(config, bits=depth)
-        for batch in _batches([n for n in todo if depths[n] == depth], weights, cfg):
-            solved = _solve_batch({n: weights[n] for n in batch}, cfg,
-                                  {n: biases[n] for n in batch if n in biases}, bar)
-            for name, packed in solved.items():
-                packed.info["cache_hit"] = False
-                if cache is not None:
-                    cache.store(keys[name], packed)
-                results[name] = packed
+def _data_free(weights: Mapping, shapes: dict, depths: dict[str, int], config: BQQConfig, biases: dict,
+               cache, keys: dict, bar) -> dict:
+    """Data-free solves of the given layers at the given depths (one stack count per batch):
+    cached layers loaded, the rest solved; under torchrun the batches are dealt to the ranks.
+    keys: cache keys already computed (those of other layers are computed here)."""
+    keys = dict(keys)
+    if cache is not None:
+        for name in depths:
+            if name not in keys:
+                keys[name] = cache.key(weights[name], replace(config, bits=depths[name]), biases.get(name), None)
+
+    def batches(names: list[str]) -> list[list[str]]:
+        return [batch for depth in sorted({depths[n] for n in names})
+                for batch in _batches([n for n in names if depths[n] == depth], shapes,
+                                      replace(config, bits=depth))]
+
+    def solve(share: list[list[str]]):
+        for batch in share:
+            if bar is not None:
+                bar.total += sum(shapes[n][0] * shapes[n][1] * depths[n] for n in batch)
+                bar.refresh()
+            yield _solve_batch({n: weights[n] for n in batch}, replace(config, bits=depths[batch[0]]),
+                               {n: biases[n] for n in batch if n in biases}, bar)
+
+    if distributed.setup():  # torchrun: the batches of one process, dealt to the ranks
+        return distributed.solve_across_ranks(batches(list(depths)), keys, cache, solve)
+    results, todo = {}, []
+    for name in depths:
+        results[name] = cache.load(keys[name]) if cache is not None else None
+        if results[name] is None:
+            todo.append(name)
+    for solved in solve(batches(todo)):
+        for name, packed in solved.items():
+            packed.info["cache_hit"] = False
+            if cache is not None:
+                cache.store(keys[name], packed)
+            results[name] = packed
     return results
 
 
@@ -166,15 +191,15 @@ def _input_statistics(name: str, calib, features: int) -> InputStatistics:
     return stats
 
 
-def _layout(weight: torch.Tensor, config: BQQConfig) -> Layout:
-    return Layout.for_weight(*weight.shape, config.group_shape, config.rank, config.stacks)
+def _layout(shape: tuple[int, int], config: BQQConfig) -> Layout:
+    return Layout.for_weight(*shape, config.group_shape, config.rank, config.stacks)
 
 
-def _batches(names: list[str], weights: dict, config: BQQConfig):
+def _batches(names: list[str], shapes: dict, config: BQQConfig):
     """Consecutive groups of layers with at most config.batch_weights padded weights."""
     batch, size = [], 0
     for name in names:
-        padded = _layout(weights[name], config).padded_weights
+        padded = _layout(shapes[name], config).padded_weights
         if batch and size + padded > config.batch_weights:
             yield batch
             batch, size = [], 0
@@ -206,7 +231,7 @@ def _threads(padded_weights: int):
 
 def _solve_batch(weights: dict, config: BQQConfig, biases: dict, bar=None) -> dict:
     """Quantise several layers (same group shape and stacks) data-free as one block batch."""
-    padded = sum(_layout(w, config).padded_weights for w in weights.values())
+    padded = sum(_layout(tuple(w.shape), config).padded_weights for w in weights.values())
     if _device(config).type == "cpu":
         with _threads(padded):
             return _solve_batch_on(weights, config, biases, bar)

@@ -6,7 +6,9 @@ products) cost seconds and, transiently, several times the model's memory. `ort_
 instead decodes the packed tensors with torch (BQQWeight.dequantize: the same W_hat) into one
 buffer that ONNX Runtime reads as an in-memory external-data file: it copies the weights in
 while it creates the session, as it would from a float model's file, and the buffer is freed
-then, so session memory is that of the float model."""
+then, so session memory is that of the float model. The file's other external data
+(weights.bin) goes in beside it, mapped from disk: no copy of the model passes through
+protobuf (which stops at 2 GB)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from typing import Sequence
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .. import contract
 from ..format import BQQWeight
 from ..layout import Layout
+from ..tensors import TensorFiles
 
 _ALIGN = 64  # bytes: each decoded weight starts on a cache line of the buffer
 
@@ -31,8 +34,10 @@ _ALIGN = 64  # bytes: each decoded weight starts on a cache line of the buffer
 def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.ndarray | None]:
     """The model at path with every BQQDecode node (and the Transpose that may follow it)
     replaced by an initializer whose external data is at `location`, and that file's bytes:
-    the decoded weights, one after another. (model, None) when the file decodes nothing."""
-    model = onnx.load(str(path))
+    the decoded weights, one after another. (model, None) when the file decodes nothing.
+    Other external tensors are left where they are (files beside path), not loaded."""
+    model = onnx.load(str(path), load_external_data=False)
+    files = TensorFiles(Path(path).parent)
     graph = model.graph
     decoders = [n for n in graph.node if n.domain == contract.DOMAIN and n.op_type == contract.DECODE_OP]
     if not decoders:
@@ -64,9 +69,7 @@ def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.
     buffer = np.empty(size, np.uint8)
     placeholders = []
     for node, layout, name, transposed, offset in planned:
-        # Copies: to_array may return a read-only view of the protobuf, which torch will not
-        # wrap (the packed tensors are small).
-        y, z, s = (torch.from_numpy(numpy_helper.to_array(inits[n]).copy()) for n in node.input)
+        y, z, s = (torch.from_numpy(files.array(inits[n])) for n in node.input)
         w_hat = BQQWeight(layout.out_features, layout.in_features, layout.group_rows,
                           layout.group_cols, layout.rank, y, z, s).validate(node.name).dequantize()
         w_hat = w_hat.T if transposed else w_hat
@@ -103,9 +106,12 @@ def ort_session(path: str | Path, options=None, providers: Sequence[str] | None 
     model, weights = decoded_model(path, location)
     if weights is None:
         return ort.InferenceSession(str(path), options, providers=providers)
-    options.add_external_initializers_from_files_in_memory([location], [weights], [weights.nbytes])
+    # ONNX Runtime then takes every external file from memory: the file's own beside the buffer
+    files = {location: weights, **TensorFiles(Path(path).parent).mapped(model, exclude={location})}
+    options.add_external_initializers_from_files_in_memory(
+        list(files), list(files.values()), [array.nbytes for array in files.values()])
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    del model, weights  # ONNX Runtime copied the weights while it created the session
+    del model, weights, files  # ONNX Runtime copied the weights while it created the session
     _release_freed_heap()
     return session
 

@@ -81,21 +81,40 @@ def _fmt(value) -> str:
     return "off" if value is None else f"{value:g}"
 
 
+@dataclass
+class Runs:
+    """What one back end produced on a list of input batches: its outputs, batch by batch."""
+
+    name: str
+    outputs: list[dict[str, np.ndarray]]
+
+
+def record(backend: Backend, inputs: list[dict[str, np.ndarray]]) -> Runs:
+    """Run backend on every feed dict of inputs (so that it can be released before the
+    back end it is compared with is loaded: one large model in memory at a time)."""
+    if not inputs:
+        raise InputError("validation needs at least one input batch")
+    return Runs(backend.name, [backend.run(feeds) for feeds in inputs])
+
+
 def validate(reference: Backend, candidate: Backend, inputs: list[dict[str, np.ndarray]],
              tolerances: Tolerances | None = None, *, logits: bool | None = None) -> ValidationResult:
-    """Run both back ends on every feed dict of inputs and compare the outputs.
+    """Run both back ends on every feed dict of inputs and compare the outputs (compare)."""
+    return compare(record(reference, inputs), record(candidate, inputs), tolerances, logits=logits)
+
+
+def compare(reference: Runs, candidate: Runs, tolerances: Tolerances | None = None, *,
+            logits: bool | None = None) -> ValidationResult:
+    """Compare two back ends' outputs on the same inputs.
 
     Outputs are paired by name when the names agree, otherwise by position. Top-1 agreement
     (over the last dim) is computed for outputs that look like logits (looks_like_logits:
     2-D [batch, classes] floats, or outputs named *logits*; logits=None), for every output
     (logits=True) or for none (logits=False).
     """
-    if not inputs:
-        raise InputError("validate needs at least one input batch")
     tolerances = tolerances or Tolerances()
-    ref_runs = [reference.run(feeds) for feeds in inputs]
-    cand_runs = [candidate.run(feeds) for feeds in inputs]
-    result = ValidationResult(reference.name, candidate.name, len(inputs), tolerances)
+    ref_runs, cand_runs = reference.outputs, candidate.outputs
+    result = ValidationResult(reference.name, candidate.name, len(ref_runs), tolerances)
     for cand_name, ref_name in _pair_outputs(list(cand_runs[0]), list(ref_runs[0]), result):
         ref = [np.asarray(run[ref_name]) for run in ref_runs]
         cand = [np.asarray(run[cand_name]) for run in cand_runs]
