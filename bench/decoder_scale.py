@@ -10,6 +10,7 @@ bench/results/decoder_scale.md with the machine named.
 
     nice -n 10 python bench/decoder_scale.py --threads 1          # the 0.5B model, preset fast
     python bench/decoder_scale.py --layers 2 --vocab 8192 --steps 0 --no-record   # a rehearsal
+    nice -n 10 python bench/decoder_scale.py --threads 1 --pipeline-only    # memory, not quality
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ from bqq_deploy import BQQConfig, export_model, load_layers
 from bqq_deploy.memory import peak_rss_mib, reset_peak
 from bqq_deploy.report import ExportReport
 from bqq_deploy.runtime import load
+
+# --pipeline-only: the export in a process of its own through the Python API, with the
+# cheapest solve (1 bit, the SVD start's signs, no annealing, no flips): every stage and its
+# memory at full size in minutes; the bits say nothing about quality.
+CHEAPEST = BQQConfig(bits=1, steps=0, flip_rounds=0, joint_refine=False, seed=0)
+SHAPES = ["input_ids:1x1/1x16/8x512", "attention_mask:1x1/1x16/8x512"]
+_PIPELINE_ONLY = f"""
+import sys
+from bqq_deploy import BQQConfig
+from bqq_deploy.export import ExportOptions, export_bundle, load_model
+export_bundle(load_model(sys.argv[1], shape_ranges={SHAPES!r}), sys.argv[2],
+              ExportOptions(config=BQQConfig(**{CHEAPEST.to_dict()!r}), shapes={SHAPES!r},
+                            force=True, progress=False, bench_iters=0))
+"""
 
 # Qwen2-0.5B's config (config.json of Qwen/Qwen2-0.5B), typed in: nothing is downloaded.
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
@@ -138,6 +153,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="solver cache (resume an interrupted run)")
     parser.add_argument("--onnx", type=Path, help="--source onnx: the file an earlier run of this "
                         "script wrote for the same --layers and --vocab (skips the torch export)")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="--source onnx with the cheapest solve (CHEAPEST): stages and memory")
     parser.add_argument("--threads", type=int, help="solver threads of bqq-export (on a loaded "
                         "machine one thread is several times faster than two)")
     parser.add_argument("--shared", default="yes", help="whether other jobs shared the machine")
@@ -148,6 +165,8 @@ def main() -> None:
     config = BQQConfig.preset(args.preset, seed=0)
     config = replace(config, **{k: v for k, v in (("steps", args.steps), ("flip_rounds", args.flip_rounds))
                                 if v is not None})
+    if args.pipeline_only:
+        config, args.preset = CHEAPEST, "pipeline-only"
     scratch = Path(tempfile.mkdtemp(prefix="bqq-decoder-scale-"))
     out = args.out or scratch / "bundle"
     rows = []
@@ -170,10 +189,11 @@ def main() -> None:
             gc.collect()
             command = [sys.executable, "-m", "bqq_deploy.cli.export", str(onnx_file),
                        "-o", str(out), "--quality", args.preset, "--seed", "0", "--no-validate",
-                       "--force", "--shapes", "input_ids:1x1/1x16/8x512",
-                       "--shapes", "attention_mask:1x1/1x16/8x512"]
+                       "--force", *(f"--shapes={shape}" for shape in SHAPES)]
             command += ["--steps", str(config.steps)] if args.steps is not None else []
             command += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else ["--no-cache"]
+            if args.pipeline_only:
+                command = [sys.executable, "-c", _PIPELINE_ONLY, str(onnx_file), str(out)]
             if args.flip_rounds is not None:
                 raise SystemExit("--flip-rounds: bqq-export has no such flag; use --source module")
             status, export_s, export_peak = run_peak(command, args.threads)
@@ -181,7 +201,9 @@ def main() -> None:
                 raise SystemExit(f"bqq-export exited with {status}")
             report = ExportReport.from_dict(json.loads((out / "report.json").read_text()))
             model = build(args.layers, args.vocab)  # the same seed: the same weights
-            how = "`bqq-export` on the ONNX file, a process of its own"
+            how = ("`export_bundle` on the ONNX file, a process of its own, cheapest solve "
+                   "(--pipeline-only)" if args.pipeline_only else
+                   "`bqq-export` on the ONNX file, a process of its own")
         else:
             example = tokens(1, 8, seed=0, vocab=args.vocab)
             start = time.perf_counter()

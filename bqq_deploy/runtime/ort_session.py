@@ -1,9 +1,9 @@
 """ONNX Runtime sessions for bundle files, with the portable file's weights decoded here.
 
 Plain ONNX Runtime runs model.onnx as it is: at load it folds each bqq::BQQDecode node into
-its weight, through a chain of standard ops whose intermediates (bits as floats, block
-products) cost seconds and, transiently, several times the model's memory. `ort_session`
-instead decodes the packed tensors with torch (BQQWeight.dequantize: the same W_hat) into one
+its weight, through a chain of standard ops whose intermediates (bits, block products) cost
+seconds and, transiently, several times the model's memory. `ort_session` instead decodes
+the packed tensors itself (BQQWeight.dequantize: the same W_hat, a few block rows at a time) into one
 buffer that ONNX Runtime reads as an in-memory external-data file: it copies the weights in
 while it creates the session, as it would from a float model's file, and the buffer is freed
 then, so session memory is that of the float model. The file's other external data
