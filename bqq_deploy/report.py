@@ -136,7 +136,8 @@ class ExportReport:
             mix[layer.stacks] = mix.get(layer.stacks, 0) + 1
         lines += ["## Layers", "",
                   "Stacks: " + ", ".join(f"{mix[p]} layer(s) with {p}" for p in sorted(mix))
-                  + (" (the bit budget's choice, per layer below)." if len(mix) > 1 else "."), "",
+                  + (" (per layer below: embedding tables take --embedding-bits, and bits such as "
+                     "2.5 are a budget)." if len(mix) > 1 else "."), "",
                   "| layer | ONNX node | shape [M, K] | stacks | bits/weight | weight MSE | rel. MSE | BQQ node |",
                   "|---|---|---|---|---|---|---|---|"]
         for layer in self.layers:
