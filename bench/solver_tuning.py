@@ -1,4 +1,4 @@
-"""Solver tuning runs behind docs/QUANTIZE.md section (d): the weight-MSE ratio of BQQ to
+"""Solver tuning runs behind docs/SOLVER_TUNING.md section (d): the weight-MSE ratio of BQQ to
 asymmetric group-64 round-to-nearest under any BQQConfig override, and the cost of one
 annealing step. Each run appends a section to bench/results/solver_tuning.md, machine named.
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / "solver_tuning.md"
     if not path.exists():
         path.write_text("# Solver tuning runs\n\nWritten by `python bench/solver_tuning.py`; one "
-                        "section per run (docs/QUANTIZE.md section (d) reads these).\n")
+                        "section per run (docs/SOLVER_TUNING.md section (d) reads these).\n")
     with path.open("a") as handle:
         handle.write(f"\n## {title}{label}\n\n{stamp}; {machine_summary()}\n\n{table}\n")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .errors import InputError
@@ -12,7 +13,10 @@ from .layout import MAX_GROUP, MAX_RANK, MAX_STACKS
 class BQQConfig:
     """Settings for quantize_weight / quantize_model.
 
-    bits        stacks p; one stack costs about 1 bit per weight at rank_scale 1
+    bits        stacks p; one stack costs about 1 bit per weight at rank_scale 1. A fraction
+                (2.5) is an average over the layers, with calibration only: every layer
+                gets floor or ceil of it, the extra stacks going where a measured
+                sensitivity says they buy most (docs/QUANTIZE.md, "bit budget")
     group_size  block shape: an int for square g x g blocks, or (g_r, g_c)
     rank_scale  s in l = round(s * g_r*g_c / (g_r+g_c))
     steps       annealing steps per stack
@@ -28,6 +32,10 @@ class BQQConfig:
     early_stop_tol  stop annealing when the relaxed energy changes less than this (relative)
                 over a window; 0 = off
     calib_damp  ridge on H = X^T X / N, relative to its mean diagonal (calibration only)
+    calib_bits  with calibration inputs: solve the bits on the output error (output-aware
+                sweep); False: data-free bits, only the scales refit on the output error
+    calib_guard with calibration inputs: also solve the layer data-free and keep whichever
+                has the lower output error on held-out calibration rows
     bias_correction  with calibration inputs: bias += mean(X) (W - W_hat)^T
     batch_weights  most padded weights solved in one batch (memory bound)
 
@@ -39,7 +47,7 @@ class BQQConfig:
     at 3 bits on trained weights.
     """
 
-    bits: int = 2
+    bits: int | float = 2
     group_size: int | tuple[int, int] = 64
     rank_scale: float = 1.0
     steps: int = 1_000
@@ -63,14 +71,19 @@ class BQQConfig:
     joint_refine: bool = True
     # Calibration (used when calibration inputs are given).
     calib_damp: float = 0.01
+    calib_bits: bool = True
+    calib_guard: bool = True
     bias_correction: bool = True
     # Solver batch size in (padded) weights: bounds memory, several layers share a batch.
     batch_weights: int = 4_000_000
 
     def __post_init__(self):
         rows, cols = self.group_shape
-        if not 1 <= self.bits <= MAX_STACKS:
-            raise InputError(f"bits must be in 1..{MAX_STACKS}, got {self.bits}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, float)) \
+                or not 1 <= self.bits <= MAX_STACKS:
+            raise InputError(f"bits must be in 1..{MAX_STACKS} (a number), got {self.bits!r}")
+        if self.bits == int(self.bits):  # 3.0 is 3 stacks: one spelling, one cache key
+            object.__setattr__(self, "bits", int(self.bits))
         if not (1 <= rows <= MAX_GROUP and 1 <= cols <= MAX_GROUP):
             raise InputError(f"group_size must be in 1..{MAX_GROUP}, got {self.group_size}")
         if self.rank_scale <= 0:
@@ -91,6 +104,8 @@ class BQQConfig:
             raise InputError(f"scale_interval must be >= 1, got {self.scale_interval}")
         if self.flip_rounds < 0:
             raise InputError(f"flip_rounds must be >= 0, got {self.flip_rounds}")
+        if self.calib_damp < 0:
+            raise InputError(f"calib_damp must be >= 0, got {self.calib_damp}")
         if self.batch_weights < 1:
             raise InputError(f"batch_weights must be >= 1, got {self.batch_weights}")
         if self.device != "auto":
@@ -102,6 +117,20 @@ class BQQConfig:
             return (self.group_size, self.group_size)
         rows, cols = self.group_size
         return (int(rows), int(cols))
+
+    @property
+    def stack_range(self) -> tuple[int, int]:
+        """(fewest, most) stacks a layer gets: (p, p) for whole bits, else floor and ceil."""
+        return math.floor(self.bits), math.ceil(self.bits)
+
+    @property
+    def stacks(self) -> int:
+        """The stacks of every layer; InputError for an average (bits=2.5), which the driver
+        resolves per layer."""
+        if self.bits != int(self.bits):
+            raise InputError(f"bits={self.bits} is an average over layers; this needs one "
+                             "stack count per layer")
+        return int(self.bits)
 
     @property
     def rank(self) -> int:

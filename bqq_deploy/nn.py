@@ -4,15 +4,20 @@ docs/FORMAT.md section 3; it never builds the dense weight."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from . import kernels  # loads no library until a CUDA tensor asks for one
 from .format import BQQWeight, unpack_bits
-from .quantize import InputStatistics, quantize_weights
+from .quantize import quantize_weights
+from .quantize.budget import allocate
+from .quantize.calibrated import fewer_stacks
+from .quantize.capture import CalibrationData, capture, input_groups, output_error, reference_outputs
 from .quantize.selection import excluded, too_small
+from .quantize.solver import fit_layer
 
 _log = logging.getLogger(__name__)
 
@@ -90,35 +95,60 @@ class BQQLinear(nn.Module):
 @dataclass
 class QuantizationReport:
     """What quantize_model did: one dict per nn.Linear it looked at (name, shape, mse,
-    bits_per_weight, bytes, fp16_bytes, seconds, skipped = reason or None) and the packed
-    weights of the replaced layers."""
+    bits_per_weight, stacks, bytes, fp16_bytes, seconds, skipped = reason or None; with
+    calibration `kept`: "calibrated" or "data-free", the guard's choice), the packed weights
+    of the replaced layers, and with calibration a summary (samples, which mask, sequential,
+    layers whose rows the mask did not fit, layers the batches never called)."""
 
     layers: list[dict] = field(default_factory=list)
     weights: dict[str, BQQWeight] = field(default_factory=dict)
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         done = [row for row in self.layers if row["skipped"] is None]
+        mix: dict[int, int] = {}
+        for row in done:
+            mix[row["stacks"]] = mix.get(row["stacks"], 0) + 1
+        total = sum(row["shape"][0] * row["shape"][1] for row in done)
         return {"layers": self.layers,
                 "replaced": len(done), "skipped": len(self.layers) - len(done),
                 "bytes": sum(row["bytes"] for row in done),
                 "fp16_bytes": sum(row["fp16_bytes"] for row in done),
-                "seconds": sum(row["seconds"] for row in done)}
+                "seconds": sum(row["seconds"] for row in done),
+                "stacks": {str(k): mix[k] for k in sorted(mix)},
+                "mean_stacks": sum(row["stacks"] * row["shape"][0] * row["shape"][1] for row in done)
+                / max(total, 1),
+                "calibration": self.calibration}
 
     def to_markdown(self) -> str:
-        lines = ["| layer | shape | weight MSE | bits/weight | bytes | fp16 bytes | seconds | note |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = ["| layer | shape | stacks | weight MSE | bits/weight | bytes | fp16 bytes | seconds | note |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for row in self.layers:
             shape = "x".join(str(n) for n in row["shape"])
             if row["skipped"] is not None:
-                lines.append(f"| {row['name']} | {shape} | | | | {row['fp16_bytes']} | | "
+                lines.append(f"| {row['name']} | {shape} | | | | | {row['fp16_bytes']} | | "
                              f"skipped: {row['skipped']} |")
             else:
-                lines.append(f"| {row['name']} | {shape} | {row['mse']:.4g} | "
+                note = ", ".join(([f"kept {row['kept']}"] if row.get("kept") else [])
+                                 + (["cache"] if row.get("cache_hit") else []))
+                lines.append(f"| {row['name']} | {shape} | {row['stacks']} | {row['mse']:.4g} | "
                              f"{row['bits_per_weight']:.3f} | {row['bytes']} | {row['fp16_bytes']} | "
-                             f"{row['seconds']:.2f} | {'cache' if row.get('cache_hit') else ''} |")
+                             f"{row['seconds']:.2f} | {note} |")
         total = self.to_dict()
-        lines.append(f"\n{total['replaced']} layers replaced, {total['skipped']} skipped; "
-                     f"{total['bytes']} bytes vs {total['fp16_bytes']} fp16 bytes.")
+        mix = ", ".join(f"{n} x {k} stacks" for k, n in total["stacks"].items())
+        lines.append(f"\n{total['replaced']} layers replaced ({mix}; {total['mean_stacks']:.2f} stacks "
+                     f"per weight), {total['skipped']} skipped; {total['bytes']} bytes vs "
+                     f"{total['fp16_bytes']} fp16 bytes.")
+        cal = self.calibration
+        if cal is not None:
+            mask = (f"padding masked by {cal['mask']}" if cal["mask"] else
+                    "no token mask: every position counted")
+            lines.append(f"Calibration: {cal['samples']} samples, {mask}, "
+                         f"{'sequential' if cal['sequential'] else 'all layers from the float model'}"
+                         + (f"; mask did not fit the rows of {', '.join(cal['unmasked_layers'])}"
+                            if cal["unmasked_layers"] else "")
+                         + (f"; never called (data-free): {', '.join(cal['not_called'])}"
+                            if cal["not_called"] else "") + ".")
         return "\n".join(lines)
 
 
@@ -135,32 +165,25 @@ def _structural_skip(name: str, module: nn.Linear, parents: dict) -> str | None:
     return None
 
 
-def _capture_inputs(model: nn.Module, names: list[str], calib_inputs) -> dict[str, InputStatistics]:
-    """Statistics of each named Linear's inputs for the given model inputs (forward hooks)."""
-    modules = dict(model.named_modules())
-    stats = {name: InputStatistics(modules[name].in_features) for name in names}
-    handles = [modules[name].register_forward_hook(
-        lambda _module, args, _output, name=name: stats[name].add(args[0])) for name in names]
-    inputs = calib_inputs if isinstance(calib_inputs, tuple) else (calib_inputs,)
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: s for name, s in stats.items() if s.rows}
-
-
 def quantize_model(model: nn.Module, config, *, include: list[str] | None = None,
-                   exclude: list[str] | None = None, calib_inputs=None,
-                   cache_dir=None, progress: bool = True) -> "QuantizationReport":
+                   exclude: list[str] | None = None, calib_inputs=None, calib_mask=None,
+                   sequential: bool = True, cache_dir=None, progress: bool = True) -> "QuantizationReport":
     """Replace the model's nn.Linear layers by BQQLinear in place.
 
     include / exclude: fnmatch patterns on module names (include None = every Linear).
     Layers that cannot be replaced are kept and listed with the reason (logged too).
-    calib_inputs: model inputs (a tensor or a tuple of positional arguments); each layer's
-    input activations are captured with forward hooks and used for output-aware scale
-    refit and bias correction (see quantize.quantize_weights).
+    calib_inputs: model inputs for calibration: a tensor or a tuple of positional
+    arguments or a dict of keyword arguments of one call, or a list of such calls. Each
+    linear's input activations are captured with forward hooks, padded positions dropped:
+    the mask is calib_mask (a tensor, or one per call) or else the argument bound to the
+    model's `attention_mask` parameter; with neither, every position counts (the report
+    says so). The layers are then solved on their output error (quantize.quantize_weights).
+    sequential: calibrate one group of linears at a time (those reading the same tensor),
+    each on inputs from the model with every earlier group already quantised (GPTQ-style;
+    only one group's statistics are held at a time); False: all from the float model.
+    config.bits may be an average (2.5, with calibration): each layer gets floor or ceil
+    stacks, the extra stacks where they lower the model's output error most (measured with
+    one layer at a time quantised data-free, on the calibration batches).
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("quantize_model needs an eager nn.Module; a TorchScript module cannot "
@@ -184,11 +207,13 @@ def quantize_model(model: nn.Module, config, *, include: list[str] | None = None
             _log.info("bqq: keeping %s as nn.Linear: %s", name, reason)
         else:
             chosen.append(name)
-    calib = _capture_inputs(model, chosen, calib_inputs) if calib_inputs is not None else None
     weights = {name: parents[name].weight.detach() for name in chosen}
     biases = {name: parents[name].bias.detach() for name in chosen if parents[name].bias is not None}
-    packed = quantize_weights(weights, config, biases=biases, calib=calib, cache_dir=cache_dir,
-                              progress=progress)
+    if calib_inputs is None:
+        packed = quantize_weights(weights, config, biases=biases, cache_dir=cache_dir, progress=progress)
+    else:
+        packed = _calibrated(model, config, weights, biases, CalibrationData(model, calib_inputs, calib_mask),
+                             sequential, cache_dir, progress, report)
     rows = {row["name"]: row for row in report.layers}
     for name in chosen:
         weight = packed[name]
@@ -198,6 +223,108 @@ def quantize_model(model: nn.Module, config, *, include: list[str] | None = None
         setattr(parents[parent_name] if parent_name else model, child, new)
         rows[name].update(mse=weight.info.get("mse"), bits_per_weight=weight.bits_per_weight,
                           bytes=weight.nbytes, seconds=weight.info.get("seconds"),
-                          cache_hit=weight.info.get("cache_hit", False))
+                          cache_hit=weight.info.get("cache_hit", False), stacks=weight.stacks,
+                          kept=weight.info.get("guard", {}).get("kept"))
         report.weights[name] = weight
     return report
+
+
+def _calibrated(model, config, weights: dict, biases: dict, data: CalibrationData, sequential: bool,
+                cache_dir, progress: bool, report: "QuantizationReport") -> dict[str, BQQWeight]:
+    """quantize_model with calibration: references, bit budget, capture, solve."""
+    modules = dict(model.named_modules())
+    groups = input_groups(model, list(weights), data)
+    called = {n for g in groups for n in g}
+    lo, hi = config.stack_range
+    references, stacks = {}, {}
+    if config.calib_guard or not config.calib_bits or lo != hi:
+        # The data-free solutions of every layer in one batched solve: the guard's
+        # reference, the scales-only path's bits and the budget's sensitivity all use them.
+        references = quantize_weights(weights, replace(config, bits=hi), biases=biases,
+                                      cache_dir=cache_dir, progress=progress)
+    if lo != hi:
+        stacks = _budget(model, config, weights, references, data, called)
+    unmasked: list[str] = []
+    if not sequential:
+        stats, unmasked = capture(model, groups, data, config.calib_guard)
+        packed = quantize_weights(weights, config, biases=biases, calib=stats, cache_dir=cache_dir,
+                                  progress=progress, stacks=stacks, references=references)
+    else:
+        packed = {}
+        saved = {n: (modules[n].weight.detach().clone(),
+                     None if modules[n].bias is None else modules[n].bias.detach().clone()) for n in called}
+        bar = _group_bar(groups, progress)
+        try:
+            for group in groups:
+                stats, missed = capture(model, [group], data, config.calib_guard, stop=True)
+                unmasked += missed
+                part = quantize_weights({n: weights[n] for n in group}, config,
+                                        biases={n: biases[n] for n in group if n in biases},
+                                        calib=stats, cache_dir=cache_dir, progress=False,
+                                        stacks={n: stacks[n] for n in group if n in stacks},
+                                        references={n: references[n] for n in group if n in references})
+                with torch.no_grad():  # later groups see this group quantised
+                    for name, q in part.items():
+                        modules[name].weight.copy_(q.dequantize())
+                        if q.bias is not None and modules[name].bias is not None:
+                            modules[name].bias.copy_(q.bias)
+                packed.update(part)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            with torch.no_grad():  # the float weights are back until the swap to BQQLinear
+                for name, (w, b) in saved.items():
+                    modules[name].weight.copy_(w)
+                    if b is not None:
+                        modules[name].bias.copy_(b)
+        rest = {n: weights[n] for n in weights if n not in called}
+        if rest:  # never called by the calibration batches: data-free
+            packed.update(quantize_weights(rest, config, biases={n: biases[n] for n in rest if n in biases},
+                                           cache_dir=cache_dir, progress=False,
+                                           stacks={n: stacks.get(n, hi) for n in rest}))
+    report.calibration = {
+        "samples": data.samples, "mask": data.mask_source, "sequential": sequential,
+        "unmasked_layers": sorted(set(unmasked)),
+        "not_called": sorted(set(weights) - called)}
+    if data.mask_source is None:
+        _log.warning("bqq: no token mask for the calibration inputs (no calib_mask, no "
+                     "attention_mask argument): every position counts as calibration data")
+    return packed
+
+
+def _budget(model, config, weights, references, data: CalibrationData, called) -> dict[str, int]:
+    """Stacks per layer for an average config.bits: the drop of the model's relative output
+    error (first output tensor, real positions, calibration batches) from floor to ceil
+    stacks, each layer alone quantised data-free; then budget.allocate."""
+    lo, hi = config.stack_range
+    modules = dict(model.named_modules())
+    reference = reference_outputs(model, data)
+    drops = {}
+    for name in weights:
+        if name not in called:  # the calibration batches cannot tell: no extra stack
+            drops[name] = 0.0
+            continue
+        errors = []
+        for p in (lo, hi):
+            sol = fewer_stacks(references[name], weights[name], p, config)
+            w_hat = fit_layer(weights[name].detach().float().cpu(), sol, replace(config, bits=p)).w_hat
+            saved = modules[name].weight.detach().clone()
+            try:
+                with torch.no_grad():
+                    modules[name].weight.copy_(w_hat)
+                errors.append(output_error(model, data, reference))
+            finally:
+                with torch.no_grad():
+                    modules[name].weight.copy_(saved)
+        drops[name] = errors[0] - errors[1]
+    return allocate({n: w.numel() for n, w in weights.items()}, drops, config.bits, lo, hi)
+
+
+def _group_bar(groups, progress: bool):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=len(groups), unit="group", desc="BQQ calibrated", file=sys.stderr, dynamic_ncols=True)

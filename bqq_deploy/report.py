@@ -131,11 +131,17 @@ class ExportReport:
                       f"file vs {_mb(q['fp16_bytes'])} for the same weights in fp16: "
                       f"**{q['ratio_vs_fp16']:.4f}x** ({q['bits_per_weight']:.3f} bits per weight; "
                       "biases excluded on both sides).", ""]
-        lines += ["## Layers", "",
-                  "| layer | ONNX node | shape [M, K] | bits/weight | weight MSE | rel. MSE | BQQ node |",
-                  "|---|---|---|---|---|---|---|"]
+        mix: dict[int, int] = {}
         for layer in self.layers:
-            lines.append(f"| `{layer.layer}` | `{layer.onnx_node}` | {layer.shape} | "
+            mix[layer.stacks] = mix.get(layer.stacks, 0) + 1
+        lines += ["## Layers", "",
+                  "Stacks: " + ", ".join(f"{mix[p]} layer(s) with {p}" for p in sorted(mix))
+                  + (" (per layer below: embedding tables take --embedding-bits, and bits such as "
+                     "2.5 are a budget)." if len(mix) > 1 else "."), "",
+                  "| layer | ONNX node | shape [M, K] | stacks | bits/weight | weight MSE | rel. MSE | BQQ node |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for layer in self.layers:
+            lines.append(f"| `{layer.layer}` | `{layer.onnx_node}` | {layer.shape} | {layer.stacks} | "
                          f"{layer.bits_per_weight:.3f} | {layer.weight_mse:.4g} | "
                          f"{layer.relative_mse:.4g} | `{layer.bqq_node}` |")
         if self.skipped:

@@ -241,15 +241,18 @@ def test_cache_resume_solves_nothing_the_second_time(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
-def test_calibration_lowers_output_error_on_calibration_data():
+@pytest.mark.parametrize("calib_bits", [False, True])
+def test_calibration_lowers_output_error_on_calibration_data(calib_bits):
     gen = torch.Generator().manual_seed(15)
     w = torch.randn(32, 48, generator=gen)
     # Anisotropic activations with a mean: the case where output-aware scales matter.
     x = torch.randn(512, 48, generator=gen) * torch.linspace(0.1, 3.0, 48) + 0.5
     bias = torch.randn(32, generator=gen)
-    free = quantize_weight(w, FAST, bias=bias)
-    calib = quantize_weight(w, FAST, bias=bias, calib_inputs=x)
-    assert torch.equal(free.y_bits, calib.y_bits)
+    cfg = BQQConfig(**{**FAST.to_dict(), "calib_bits": calib_bits})
+    free = quantize_weight(w, cfg, bias=bias)
+    calib = quantize_weight(w, cfg, bias=bias, calib_inputs=x)
+    # Scales only: the data-free bits; output-aware: bits of its own.
+    assert torch.equal(free.y_bits, calib.y_bits) != calib_bits
     ref = x @ w.T + bias
 
     def out_err(q):
@@ -257,6 +260,7 @@ def test_calibration_lowers_output_error_on_calibration_data():
 
     assert out_err(calib) < out_err(free)
     assert calib.info["calibrated"] and not free.info["calibrated"]
+    assert calib.info["guard"]["kept"] == "calibrated" and calib.info["guard"]["held_out"]
 
 
 def test_calibration_refit_is_the_exact_output_least_squares():
@@ -375,7 +379,7 @@ def _load_baselines():
 def test_default_beats_round_to_nearest_on_heavy_tailed_weights_at_fewer_bits(bits, target):
     # Student-t(4) weights (heavier tails than trained transformer layers usually have).
     # Measured on this matrix: 0.43 (2 stacks) and 0.93 (3 stacks) of RTN's MSE (0.40 / 0.82
-    # on 512x1024, docs/QUANTIZE.md); the asserted bounds are the project's targets. The
+    # on 512x1024, docs/SOLVER_TUNING.md); the asserted bounds are the project's targets. The
     # solve is deterministic on CPU. RTN pays 2.5 / 3.5 bits per weight, BQQ 2.03 / 3.05.
     torch.manual_seed(20)
     w = torch.distributions.StudentT(4.0).sample((128, 256))

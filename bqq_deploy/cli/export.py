@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "million weights), balanced (1,000 annealing steps, ~20 s per million "
                             "weights at 3 bits on a 2-core CPU), best (3,000 steps, ~3x "
                             "balanced) (default: balanced)")
-    quant.add_argument("--bits", type=int, help="stacks p, about p bits per weight (1..16)")
+    quant.add_argument("--bits", type=float,
+                       help="stacks p, about p bits per weight (1..16); a fraction (2.5) is an "
+                            "average over the layers, with --calib: each layer gets 2 or 3 "
+                            "stacks, the extra ones where they lower the output error most")
     quant.add_argument("--group-size", type=_group_size, metavar="G|GRxGC",
                        help="block shape: 64 for 64x64 blocks, or 32x128")
     quant.add_argument("--steps", type=int, help="annealing steps per stack")

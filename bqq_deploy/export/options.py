@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -85,5 +86,5 @@ class ExportOptions:
     @property
     def embedding_config(self) -> BQQConfig:
         """The quantiser settings for embedding tables."""
-        bits = self.embedding_bits or min(self.config.bits + 1, MAX_STACKS)
+        bits = self.embedding_bits or min(math.ceil(self.config.bits) + 1, MAX_STACKS)
         return replace(self.config, bits=bits)

@@ -260,7 +260,7 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices,
         if source.kind in TRACED_KINDS:
             check_traced_dims(source, fp32, work)
         candidates, skipped, matches = _select_layers(source, fp32, options, work)
-    weights = _quantise(fp32, candidates, data, options, work, stages)
+    weights = _quantise(fp32, candidates, data, options, work, stages, notices)
     if not distributed.is_writer():
         return None
 
@@ -308,7 +308,7 @@ CAPTURE_BYTES = 2**30
 
 
 def _quantise(fp32: onnx.ModelProto, candidates, data: ExportData, options: ExportOptions,
-              work: TensorFiles, stages: Stages) -> dict[str, BQQWeight]:
+              work: TensorFiles, stages: Stages, notices: Notices) -> dict[str, BQQWeight]:
     """Every candidate layer solved: the linears with calibration statistics when there is
     calibration data, captured group by group (CAPTURE_BYTES), then the embedding tables
     (fit data-free: their "inputs" are token ids). Weights are read from work as solved."""
@@ -317,8 +317,13 @@ def _quantise(fp32: onnx.ModelProto, candidates, data: ExportData, options: Expo
     capture, groups = None, [linears]
     if data.calib is not None and linears:
         with stages("calibration capture"):
-            capture = _checked(lambda: surgery.InputCapture(fp32, linears, work), "the calibration inputs")
+            capture = _checked(lambda: surgery.InputCapture(fp32, linears, work, options.config.calib_guard),
+                               "the calibration inputs")
         groups = _capture_groups(linears)
+        if not any(surgery.ATTENTION_MASK in feeds for feeds in data.calib):
+            notices.add(f"the model has no input named {surgery.ATTENTION_MASK}: every position of "
+                        "the calibration inputs counts as data (padding, if any, included)",
+                        source="calibration")
     weights = {}
     for config, group in [*((options.config, g) for g in groups), (options.embedding_config, tables)]:
         if not group:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PORTABLE = "portable"
 TENSORRT = "trt"
+# The model input whose zeros mark padded positions in calibration feeds (text models).
+ATTENTION_MASK = "attention_mask"
 
 
 @dataclass
@@ -309,12 +311,13 @@ class InputCapture:
     """The fp32 model in ONNX Runtime with the input tensor of every candidate added as a
     graph output, from which the statistics of any group of those layers are captured: one
     group at a time, the statistics held at once stay bounded (a large layer's E[x x^T] is
-    K x K float64)."""
+    K x K float64). holdout: every 8th sample of the statistics is held out for the guard."""
 
     def __init__(self, model: onnx.ModelProto, candidates: list[Candidate],
-                 data: TensorFiles | None = None):
+                 data: TensorFiles | None = None, holdout: bool = True):
         import onnxruntime as ort
 
+        self.holdout = holdout
         model = forms.copy_model(model)
         existing = {o.name for o in model.graph.output}
         for name in dict.fromkeys(c.input for c in candidates):
@@ -327,28 +330,35 @@ class InputCapture:
 
     def statistics(self, candidates: list[Candidate], feeds_list: list[dict]) -> dict[str, InputStatistics]:
         """Statistics of each candidate's input activations over feeds_list, keyed by
-        candidate.layer; layers that read the same tensor share one InputStatistics."""
+        candidate.layer; layers that read the same tensors share one InputStatistics (one
+        metric for the solver). Padded positions are dropped where a feed has an input
+        named attention_mask whose shape matches the rows (InputStatistics.add); with
+        self.holdout every 8th sample is held out for the guard."""
         names = list(dict.fromkeys(c.input for c in candidates))
-        # A tensor read by several layers is captured once; a layer whose weight several nodes
-        # share sees the rows of all of them.
-        readers: dict[str, list[str]] = {}
+        # A tensor read by several layers is captured once; a layer whose weight several
+        # nodes share sees the rows of all of them.
+        reads: dict[str, list[str]] = {}
         for cand in candidates:
-            if cand.layer not in readers.get(cand.input, []):
-                readers.setdefault(cand.input, []).append(cand.layer)
-        stats: dict[str, InputStatistics] = {}
+            if cand.input not in reads.setdefault(cand.layer, []):
+                reads[cand.layer].append(cand.input)
+        shared: dict[tuple, InputStatistics] = {}
         for feeds in feeds_list:
-            for name, value in zip(names, self.session.run(names, feeds)):
-                rows = torch.from_numpy(value)
-                for layer in readers[name]:
-                    stats.setdefault(layer, InputStatistics(value.shape[-1])).add(rows)
-        return stats
+            mask = feeds.get(ATTENTION_MASK)
+            mask = None if mask is None else torch.from_numpy(np.asarray(mask))
+            outputs = dict(zip(names, self.session.run(names, feeds)))
+            for tensors in dict.fromkeys(tuple(t) for t in reads.values()):
+                for name in tensors:
+                    if tensors not in shared:
+                        shared[tensors] = InputStatistics(outputs[name].shape[-1], holdout=self.holdout)
+                    shared[tensors].add(torch.from_numpy(outputs[name]), mask)
+        return {layer: shared[tuple(tensors)] for layer, tensors in reads.items()}
 
 
 def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate], feeds_list: list[dict],
-                   data: TensorFiles | None = None) -> dict[str, InputStatistics]:
+                   data: TensorFiles | None = None, holdout: bool = True) -> dict[str, InputStatistics]:
     """Statistics of each candidate's input activations over feeds_list, by running the fp32
     model in ONNX Runtime with those tensors added as graph outputs (InputCapture)."""
-    return InputCapture(model, candidates, data).statistics(candidates, feeds_list)
+    return InputCapture(model, candidates, data, holdout).statistics(candidates, feeds_list)
 
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],

@@ -1,11 +1,14 @@
 """Runs the solver on layers: input checks, batching several layers' blocks into one solve
 (bounded by config.batch_weights), CPU thread policy, the resumable per-layer cache, the
-progress bar, and packing the result into BQQWeight with its solver statistics."""
+progress bar, and packing the result into BQQWeight with its solver statistics. Calibrated
+layers go through quantize.calibrated (output-aware sweep, guard, bit budget)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -14,9 +17,10 @@ import torch
 from ..config import BQQConfig
 from ..errors import InputError
 from ..format import BQQWeight, pack_bits
-from ..layout import Layout
+from ..layout import MAX_STACKS, Layout
 from . import distributed
 from .cache import LayerCache
+from .calibrated import quantize_calibrated
 from .calibration import InputStatistics
 from .solver import fit_layer, solve_stacks, tile, untile
 
@@ -31,11 +35,10 @@ def quantize_weight(weight: torch.Tensor, config: BQQConfig, *, bias: torch.Tens
                     progress: bool = False) -> BQQWeight:
     """Quantise one weight matrix [M, K] (out x in features) to BQQ.
 
-    All blocks are solved as one batch on config.device. With calib_inputs (this layer's
-    input rows [N, K], or their InputStatistics) the scales are refit to minimise the output
-    error |X W^T - X W_hat^T|^2 and, if config.bias_correction, the bias absorbs the mean
-    output shift. weight.info holds "mse" (weight MSE of the stored fp16 values), "seconds",
-    "steps" (annealing steps run per stack) and more.
+    With calib_inputs (this layer's input rows [N, K], or their InputStatistics) the layer
+    is solved on its output error |X W^T - X W_hat^T|^2 (see quantize_weights). weight.info
+    holds "mse" (weight MSE of the stored fp16 values), "seconds", "steps" (annealing steps
+    run per stack) and more.
     """
     return quantize_weights({"weight": weight}, config,
                             biases=None if bias is None else {"weight": bias},
@@ -47,25 +50,38 @@ def quantize_weights(weights: Mapping[str, torch.Tensor], config: BQQConfig, *,
                      biases: dict[str, torch.Tensor] | None = None,
                      calib: dict[str, torch.Tensor | InputStatistics] | None = None,
                      cache_dir: str | Path | None = None,
-                     progress: bool = True) -> dict[str, BQQWeight]:
+                     progress: bool = True,
+                     stacks: dict[str, int] | None = None,
+                     references: dict[str, BQQWeight] | None = None) -> dict[str, BQQWeight]:
     """Quantise many layers; blocks of several layers share one solver batch (up to
     config.batch_weights padded weights per batch).
 
     weights: any mapping (one that reads each weight from disk when asked keeps a large
-    model's weights out of memory: each is read twice, to check and key it and to solve it).
-    calib: per layer, its input rows [N, K] or their InputStatistics.
+    model's weights out of memory: a data-free layer is read twice, to check and key it and
+    to solve it).
+    calib: per layer, its input rows [N, K] or their InputStatistics (layers given the same
+    InputStatistics object read the same input and share its metric). A calibrated layer
+    is solved on its output error (config.calib_bits: output-aware bits, then the scales
+    refit exactly; docs/QUANTIZE.md), its bias corrected (config.bias_correction), and with
+    config.calib_guard it keeps its data-free solution instead when that has the lower
+    output error on the held-out calibration rows (info["guard"]).
     cache_dir: finished layers are kept there (LayerCache), so a rerun (e.g. after an
-    interruption) loads them instead of solving them again. progress: a tqdm bar on stderr
-    (weights done, ETA, error of the current batch).
-    Under torchrun (WORLD_SIZE > 1) the batches are shared out among the ranks
+    interruption) loads them instead of solving them again. progress: a tqdm bar on stderr.
+    stacks: the stack count of some layers (overrides config.bits; with bits=2.5 the rest
+    are allocated by a sensitivity drop measured on each layer's own output error).
+    references: data-free solutions already solved (at least as deep as the layer), reused
+    by the guard and the budget instead of solving again.
+    Under torchrun (WORLD_SIZE > 1) the data-free batches are shared out among the ranks
     (quantize.distributed; cache_dir is then required and must be shared), every rank
-    returns every layer, byte-identical to a one-process run.
+    returns every layer, byte-identical to a one-process run; calibrated layers are solved
+    by every rank (the same result on each).
     """
-    biases, calib = dict(biases or {}), dict(calib or {})
-    unknown = (set(biases) | set(calib)) - set(weights)
+    biases, calib, stacks = dict(biases or {}), dict(calib or {}), dict(stacks or {})
+    unknown = (set(biases) | set(calib) | set(stacks)) - set(weights)
     if unknown:
-        raise InputError(f"biases/calib name layers that are not in weights: {sorted(unknown)}")
+        raise InputError(f"biases/calib/stacks name layers that are not in weights: {sorted(unknown)}")
     cache = LayerCache(cache_dir) if cache_dir is not None else None
+    lo, hi = config.stack_range
     # One pass over the weights (a mapping may read each one from disk when asked for it).
     inputs, shapes, keys = {}, {}, {}
     for name, w in weights.items():
@@ -73,46 +89,80 @@ def quantize_weights(weights: Mapping[str, torch.Tensor], config: BQQConfig, *,
         shapes[name] = tuple(w.shape)
         if name in calib:
             inputs[name] = _input_statistics(name, calib[name], w.shape[1])
-        if cache is not None:
-            keys[name] = cache.key(w, config, biases.get(name), inputs.get(name))
-    solve = lambda batches: _solve_batches(batches, weights, shapes, config, biases,  # noqa: E731
-                                           inputs, progress and distributed.is_writer())
+        if name in stacks and (isinstance(stacks[name], bool) or not isinstance(stacks[name], int)
+                               or not 1 <= stacks[name] <= MAX_STACKS):
+            raise InputError(f"{name}: stacks must be an integer in 1..{MAX_STACKS}, got {stacks[name]!r}")
+        if cache is not None and name not in inputs and (name in stacks or lo == hi):
+            keys[name] = cache.key(w, replace(config, bits=stacks.get(name, lo)), biases.get(name), None)
+    free = [n for n in weights if n not in inputs]
+    if lo != hi and any(n not in stacks for n in free):
+        raise InputError(f"bits={config.bits} is an average over layers: it needs calibration inputs "
+                         "(--calib, calib_inputs) to choose each layer's stacks")
+    bar = None
+    if progress and distributed.is_writer():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="w", unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
+
+    def data_free(depths: dict[str, int]) -> dict[str, BQQWeight]:
+        return _data_free(weights, shapes, depths, config, biases, cache, keys, bar)
+
+    try:
+        results = data_free({n: stacks.get(n, lo) for n in free}) if free else {}
+        if inputs:
+            cal = [n for n in weights if n in inputs]
+            dense = {n: weights[n] for n in cal}
+            if bar is not None and config.calib_bits:
+                bar.total += sum(dense[n].numel() * stacks.get(n, hi) for n in cal)
+            results.update(quantize_calibrated(
+                dense, config, {n: biases[n] for n in cal if n in biases},
+                inputs, {n: stacks[n] for n in cal if n in stacks},
+                {n: r for n, r in (references or {}).items() if n in inputs}, data_free,
+                _pack, cache, bar, _threads))
+    finally:
+        if bar is not None:
+            bar.close()
+    return {name: results[name] for name in weights}
+
+
+def _data_free(weights: Mapping, shapes: dict, depths: dict[str, int], config: BQQConfig, biases: dict,
+               cache, keys: dict, bar) -> dict:
+    """Data-free solves of the given layers at the given depths (one stack count per batch):
+    cached layers loaded, the rest solved; under torchrun the batches are dealt to the ranks.
+    keys: cache keys already computed (those of other layers are computed here)."""
+    keys = dict(keys)
+    if cache is not None:
+        for name in depths:
+            if name not in keys:
+                keys[name] = cache.key(weights[name], replace(config, bits=depths[name]), biases.get(name), None)
+
+    def batches(names: list[str]) -> list[list[str]]:
+        return [batch for depth in sorted({depths[n] for n in names})
+                for batch in _batches([n for n in names if depths[n] == depth], shapes,
+                                      replace(config, bits=depth))]
+
+    def solve(share: list[list[str]]):
+        for batch in share:
+            if bar is not None:
+                bar.total += sum(shapes[n][0] * shapes[n][1] * depths[n] for n in batch)
+                bar.refresh()
+            yield _solve_batch({n: weights[n] for n in batch}, replace(config, bits=depths[batch[0]]),
+                               {n: biases[n] for n in batch if n in biases}, bar)
+
     if distributed.setup():  # torchrun: the batches of one process, dealt to the ranks
-        results = distributed.solve_across_ranks(list(_batches(list(weights), shapes, config)),
-                                                 keys, cache, solve)
-        return {name: results[name] for name in weights}
-    results: dict[str, BQQWeight | None] = {}
-    todo = []
-    for name in weights:
+        return distributed.solve_across_ranks(batches(list(depths)), keys, cache, solve)
+    results, todo = {}, []
+    for name in depths:
         results[name] = cache.load(keys[name]) if cache is not None else None
         if results[name] is None:
             todo.append(name)
-    for solved in solve(list(_batches(todo, shapes, config))):
+    for solved in solve(batches(todo)):
         for name, packed in solved.items():
             packed.info["cache_hit"] = False
             if cache is not None:
                 cache.store(keys[name], packed)
             results[name] = packed
-    return {name: results[name] for name in weights}
-
-
-def _solve_batches(batches: list[list[str]], weights, shapes: dict, config: BQQConfig,
-                   biases: dict, inputs: dict, progress: bool):
-    """Solve batches in order, yielding each one's layers; progress: a tqdm bar on stderr."""
-    bar = None
-    if progress and batches:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(shapes[n][0] * shapes[n][1] * config.bits for b in batches for n in b),
-                   unit="w", unit_scale=True, desc="BQQ", file=sys.stderr, dynamic_ncols=True)
-    try:
-        for batch in batches:
-            yield _solve_batch({n: weights[n] for n in batch}, config,
-                               {n: biases[n] for n in batch if n in biases},
-                               {n: inputs[n] for n in batch if n in inputs}, bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    return results
 
 
 def _check_layer(name: str, weight, bias) -> None:
@@ -142,7 +192,7 @@ def _input_statistics(name: str, calib, features: int) -> InputStatistics:
 
 
 def _layout(shape: tuple[int, int], config: BQQConfig) -> Layout:
-    return Layout.for_weight(*shape, config.group_shape, config.rank, config.bits)
+    return Layout.for_weight(*shape, config.group_shape, config.rank, config.stacks)
 
 
 def _batches(names: list[str], shapes: dict, config: BQQConfig):
@@ -165,20 +215,30 @@ def _device(config: BQQConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def _solve_batch(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar=None) -> dict:
-    """Quantise several layers (same group shape) as one block batch."""
-    padded = sum(_layout(w.shape, config).padded_weights for w in weights.values())
+@contextlib.contextmanager
+def _threads(padded_weights: int):
+    """The CPU thread policy for a solver batch of this many padded weights."""
     threads = torch.get_num_threads()
-    if _device(config).type == "cpu" and padded < _SINGLE_THREAD_BELOW and threads > 1:
+    if padded_weights < _SINGLE_THREAD_BELOW and threads > 1:
         torch.set_num_threads(1)
         try:
-            return _solve_batch_on(weights, config, biases, inputs, bar)
+            yield
         finally:
             torch.set_num_threads(threads)
-    return _solve_batch_on(weights, config, biases, inputs, bar)
+    else:
+        yield
 
 
-def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict, bar) -> dict:
+def _solve_batch(weights: dict, config: BQQConfig, biases: dict, bar=None) -> dict:
+    """Quantise several layers (same group shape and stacks) data-free as one block batch."""
+    padded = sum(_layout(tuple(w.shape), config).padded_weights for w in weights.values())
+    if _device(config).type == "cpu":
+        with _threads(padded):
+            return _solve_batch_on(weights, config, biases, bar)
+    return _solve_batch_on(weights, config, biases, bar)
+
+
+def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, bar) -> dict:
     device = _device(config)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     g_r, g_c = config.group_shape
@@ -206,10 +266,10 @@ def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict
     solve_seconds = time.perf_counter() - start
     out = {}
     for name, (lo, hi) in spans.items():
-        w, layer_inputs = dense[name], inputs.get(name)
+        w = dense[name]
         sol = solution.blocks(lo, hi)
         try:
-            fit = fit_layer(w, sol, config, biases.get(name), layer_inputs)
+            fit = fit_layer(w, sol, config, biases.get(name), None)
         except ValueError as exc:
             raise InputError(f"{name}: {exc}") from None
         out[name] = _pack(sol, fit, w.shape, config)
@@ -222,17 +282,13 @@ def _solve_batch_on(weights: dict, config: BQQConfig, biases: dict, inputs: dict
             "seconds": solve_seconds * w.numel() / total_weights,
             "batch_layers": len(weights),
             "device": str(device),
-            "calibrated": layer_inputs is not None,
+            "calibrated": False,
         }
-        if layer_inputs is not None:
-            out[name].info["calib_output_mse"] = layer_inputs.output_mse(w - fit.w_hat)
-            if fit.bias_shift_norm is not None:
-                out[name].info["bias_shift_norm"] = fit.bias_shift_norm
     return out
 
 
 def _pack(sol, fit, shape: tuple[int, int], config: BQQConfig) -> BQQWeight:
-    layout = Layout.for_weight(*shape, config.group_shape, config.rank, config.bits)
+    layout = Layout.for_weight(*shape, config.group_shape, config.rank, config.stacks)
     p, (rows, cols) = layout.stacks, layout.grid
     y_all = torch.stack(sol.ys).reshape(p, rows, cols, layout.group_rows, layout.rank)
     z_all = torch.stack(sol.zs).transpose(-1, -2).reshape(p, rows, cols, layout.group_cols, layout.rank)

@@ -324,14 +324,12 @@ def _flip_improve(x, u, v, y, z, s, rounds: int):
     return y, z, s, used
 
 
-def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
-    """Binary y, z and scales s for one stack of every block in the batch."""
-    batch, g_r, g_c = x.shape
-    rank = cfg.rank
-    # Per-block normalisation: the step size eta assumes data of a fixed spread. The paper
-    # divides by the range (max - min); the warm-start path divides by warm_norm x the RMS,
-    # the same for a Gaussian block (64x64: range ~ 7.5 sigma) but not shrunk by outliers,
-    # which left heavy-tailed blocks' bulk tiny and effectively over-heated.
+def _block_range(x, u, v, cfg: BQQConfig) -> torch.Tensor:
+    """Per-block divisor [B] that brings blocks to the spread the annealing step assumes.
+
+    The paper divides by the range (max - min); the warm-start path divides by warm_norm x
+    the RMS, the same for a Gaussian block (64x64: range ~ 7.5 sigma) but not shrunk by
+    outliers, which left heavy-tailed blocks' bulk tiny and effectively over-heated."""
     m = mask(u, v)
     if cfg.init == "svd":
         rms = ((x * x * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)).sqrt()
@@ -341,9 +339,14 @@ def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
         hi = torch.where(m > 0, x, torch.full_like(x, -big)).amax((1, 2))
         lo = torch.where(m > 0, x, torch.full_like(x, big)).amin((1, 2))
         rng = (hi - lo).clamp_min(0)
-    rng = torch.where(rng > 0, rng, torch.ones_like(rng))
-    xn = x / rng[:, None, None]
-    stats = {}
+    return torch.where(rng > 0, rng, torch.ones_like(rng))
+
+
+def _annealed_bits(xn, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
+    """Binary y, z of one stack of normalised blocks xn (start, annealing, threshold) and
+    the annealing steps run."""
+    batch, g_r, g_c = xn.shape
+    rank = cfg.rank
     if cfg.init == "svd":
         y, z = _svd_sign_init(xn, u, v, rank, gen)
         t_start, t_end = cfg.warm_t_start, cfg.warm_t_end
@@ -351,15 +354,24 @@ def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
             y = 0.5 + cfg.warm_strength * (y - 0.5)
             z = 0.5 + cfg.warm_strength * (z - 0.5)
     else:
-        y = torch.rand(batch, g_r, rank, generator=gen, device=x.device, dtype=x.dtype)
-        z = torch.rand(batch, rank, g_c, generator=gen, device=x.device, dtype=x.dtype)
+        y = torch.rand(batch, g_r, rank, generator=gen, device=xn.device, dtype=xn.dtype)
+        z = torch.rand(batch, rank, g_c, generator=gen, device=xn.device, dtype=xn.dtype)
         t_start, t_end = cfg.t_start, cfg.t_end
     eta = cfg.warm_eta if cfg.init == "svd" else cfg.eta
-    y, z, stats["steps"] = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, t_end, eta, callback)
-    if callback is not None and stats["steps"] < cfg.steps:
-        callback(cfg.steps - stats["steps"])
-    y = (y > 0.5).to(x.dtype) * u[:, :, None]  # padded rows carry no bits
-    z = (z > 0.5).to(x.dtype) * v[:, None, :]
+    y, z, steps = _anneal(xn, u, v, y, z, cfg.steps, cfg, t_start, t_end, eta, callback)
+    if callback is not None and steps < cfg.steps:
+        callback(cfg.steps - steps)
+    y = (y > 0.5).to(xn.dtype) * u[:, :, None]  # padded rows carry no bits
+    z = (z > 0.5).to(xn.dtype) * v[:, None, :]
+    return y, z, steps
+
+
+def _solve_stack(x, u, v, cfg: BQQConfig, gen: torch.Generator, callback=None):
+    """Binary y, z and scales s for one stack of every block in the batch."""
+    rng = _block_range(x, u, v, cfg)
+    xn = x / rng[:, None, None]
+    stats = {}
+    y, z, stats["steps"] = _annealed_bits(xn, u, v, cfg, gen, callback)
     s = _solve_scales(xn, u, v, y, z)
     stats["flip_rounds"] = 0
     if cfg.flip_rounds > 0:
