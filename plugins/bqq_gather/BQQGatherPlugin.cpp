@@ -36,9 +36,9 @@ bool isValueType(DataType type)
 }  // namespace
 
 BQQGatherPlugin::BQQGatherPlugin(FieldValues const& fields, std::string layerName)
-    : mFields(fields)
+    : PluginV3Base(std::move(layerName))
+    , mFields(fields)
     , mLayout(toLayout(fields))
-    , mLayerName(std::move(layerName))
 {
 }
 
@@ -169,16 +169,6 @@ int32_t BQQGatherPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
     return -1;
 }
 
-nvinfer1::IPluginV3* BQQGatherPlugin::attachToContext(nvinfer1::IPluginResourceContext* context) noexcept
-{
-    auto* plugin = static_cast<BQQGatherPlugin*>(clone());
-    if (plugin != nullptr && context != nullptr)
-    {
-        plugin->mErrorRecorder = context->getErrorRecorder();
-    }
-    return plugin;
-}
-
 nvinfer1::PluginFieldCollection const* BQQGatherPlugin::getFieldsToSerialize() noexcept
 {
     for (int32_t i = 0; i < kNbFields; ++i)
@@ -188,11 +178,6 @@ nvinfer1::PluginFieldCollection const* BQQGatherPlugin::getFieldsToSerialize() n
     mSerialCollection.nbFields = kNbFields;
     mSerialCollection.fields = mSerialFields.data();
     return &mSerialCollection;
-}
-
-void BQQGatherPlugin::reportError(std::string const& message, nvinfer1::ErrorCode code) const noexcept
-{
-    reportPluginError(mErrorRecorder, "bqq::BQQGather", mLayerName, message, code);
 }
 
 }  // namespace gather

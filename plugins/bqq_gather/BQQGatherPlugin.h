@@ -73,21 +73,15 @@ public:
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    friend class PluginV3Base<BQQGatherPlugin>;  // reports clone failures
-    void reportError(std::string const& message,
-        nvinfer1::ErrorCode code = nvinfer1::ErrorCode::kINVALID_ARGUMENT) const noexcept;
     // Input/output counts, the packed tensors' shapes against the fields and the output rank.
     // Dimensions of -1 (unknown at build time) pass when allowUnknown is set.
     bool checkInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) const noexcept;
 
     FieldValues mFields;
     BQQLayout mLayout;
-    std::string mLayerName;
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     // Rebuilt by every getFieldsToSerialize call, so copies never point into another plugin.
     std::array<nvinfer1::PluginField, kNbFields> mSerialFields{};
     nvinfer1::PluginFieldCollection mSerialCollection{};

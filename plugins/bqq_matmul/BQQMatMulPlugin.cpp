@@ -41,9 +41,9 @@ BQQDataType toBQQType(DataType type)
 }  // namespace
 
 BQQMatMulPlugin::BQQMatMulPlugin(FieldValues const& fields, bool hasBias, std::string layerName)
-    : mFields(fields)
+    : PluginV3Base(std::move(layerName))
+    , mFields(fields)
     , mLayout(toLayout(fields))
-    , mLayerName(std::move(layerName))
     , mHasBias(hasBias ? 1 : 0)
 {
 }
@@ -212,16 +212,6 @@ int32_t BQQMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
     return -1;
 }
 
-nvinfer1::IPluginV3* BQQMatMulPlugin::attachToContext(nvinfer1::IPluginResourceContext* context) noexcept
-{
-    auto* plugin = static_cast<BQQMatMulPlugin*>(clone());
-    if (plugin != nullptr && context != nullptr)
-    {
-        plugin->mErrorRecorder = context->getErrorRecorder();
-    }
-    return plugin;
-}
-
 nvinfer1::PluginFieldCollection const* BQQMatMulPlugin::getFieldsToSerialize() noexcept
 {
     for (int32_t i = 0; i < kNbFields; ++i)
@@ -232,11 +222,6 @@ nvinfer1::PluginFieldCollection const* BQQMatMulPlugin::getFieldsToSerialize() n
     mSerialCollection.nbFields = kNbFields + 1;
     mSerialCollection.fields = mSerialFields.data();
     return &mSerialCollection;
-}
-
-void BQQMatMulPlugin::reportError(std::string const& message, nvinfer1::ErrorCode code) const noexcept
-{
-    reportPluginError(mErrorRecorder, "bqq::BQQMatMul", mLayerName, message, code);
 }
 
 }  // namespace trt

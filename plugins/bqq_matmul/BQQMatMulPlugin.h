@@ -77,25 +77,18 @@ public:
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    friend class PluginV3Base<BQQMatMulPlugin>;  // reports clone failures
-    // Reports to the execution context's error recorder once attached, else to the logger.
-    void reportError(std::string const& message,
-        nvinfer1::ErrorCode code = nvinfer1::ErrorCode::kINVALID_ARGUMENT) const noexcept;
     // Checks input count, X's last dim and the packed tensors' shapes against the fields.
     // Dimensions of -1 (unknown at build time) pass when allowUnknown is set.
     bool checkInputs(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs, bool allowUnknown) const noexcept;
 
     FieldValues mFields;
     BQQLayout mLayout;
-    std::string mLayerName;
     // Set by configurePlugin (build) or read from the engine (runtime); onShapeChange checks
     // the input count against it; enqueue gets no input count.
     int32_t mHasBias{0};
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     // Rebuilt by every getFieldsToSerialize call, so copies never point into another plugin.
     std::array<nvinfer1::PluginField, kNbFields + 1> mSerialFields{};
     nvinfer1::PluginFieldCollection mSerialCollection{};

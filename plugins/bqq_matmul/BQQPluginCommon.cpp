@@ -237,12 +237,13 @@ void logCreateFailure(char const* plugin, char const* layerName, nvinfer1::Tenso
     }
 }
 
-void reportPluginError(nvinfer1::IErrorRecorder* recorder, char const* plugin, std::string const& layerName,
+void reportPluginError(nvinfer1::IErrorRecorder* recorder, PluginIdentity const& plugin, std::string const& layerName,
     std::string const& message, nvinfer1::ErrorCode code) noexcept
 {
     try
     {
-        std::string const full = std::string(plugin) + " (layer '" + layerName + "'): " + message;
+        std::string const full
+            = std::string(plugin.nameSpace) + "::" + plugin.name + " (layer '" + layerName + "'): " + message;
         if (recorder != nullptr)
         {
             recorder->reportError(code, full.c_str());
@@ -254,7 +255,7 @@ void reportPluginError(nvinfer1::IErrorRecorder* recorder, char const* plugin, s
     }
     catch (...)
     {
-        std::fprintf(stderr, "%s: out of memory while reporting an error\n", plugin);
+        std::fprintf(stderr, "%s::%s: out of memory while reporting an error\n", plugin.nameSpace, plugin.name);
     }
 }
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <utility>
 
 #include "bqq_matmul.h"
 
@@ -102,10 +103,6 @@ void logMessage(nvinfer1::ILogger::Severity severity, std::string const& message
 void logCreateFailure(char const* plugin, char const* layerName, nvinfer1::TensorRTPhase phase,
     std::string const& error) noexcept;
 
-// "<namespace>::<plugin> (layer '<layer>'): <message>" to the execution context's error
-// recorder when there is one, else to the logger.
-void reportPluginError(nvinfer1::IErrorRecorder* recorder, char const* plugin, std::string const& layerName,
-    std::string const& message, nvinfer1::ErrorCode code) noexcept;
 
 // Who a plugin is: what its getPluginName/Version/Namespace and its creator's return, and the
 // fields its creator lists. Each plugin class holds one as `static constexpr kIdentity`.
@@ -117,9 +114,15 @@ struct PluginIdentity
     FieldNames const& fields;
 };
 
+// "<namespace>::<plugin> (layer '<layer>'): <message>" to the execution context's error
+// recorder when there is one, else to the logger.
+void reportPluginError(nvinfer1::IErrorRecorder* recorder, PluginIdentity const& plugin, std::string const& layerName,
+    std::string const& message, nvinfer1::ErrorCode code) noexcept;
+
 // The IPluginV3 members that are the same for every plugin here: the capability views, clone
-// (by Derived's copy constructor; a failure goes to Derived::reportError), the identity and the
-// single output. Derived implements the rest of IPluginV3OneBuild and IPluginV3OneRuntime.
+// (by Derived's copy constructor), the identity, the single output, attachToContext (a clone
+// that reports to the context's error recorder) and error reports labelled with the layer.
+// Derived implements the rest of IPluginV3OneBuild and IPluginV3OneRuntime.
 template <class Derived>
 class PluginV3Base : public nvinfer1::IPluginV3,
                      public nvinfer1::IPluginV3OneCore,
@@ -127,6 +130,12 @@ class PluginV3Base : public nvinfer1::IPluginV3,
                      public nvinfer1::IPluginV3OneRuntime
 {
 public:
+    // layerName (the network layer's name) only labels error messages.
+    explicit PluginV3Base(std::string layerName)
+        : mLayerName(std::move(layerName))
+    {
+    }
+
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override
     {
         switch (type)
@@ -140,16 +149,25 @@ public:
 
     nvinfer1::IPluginV3* clone() noexcept override
     {
-        auto const& self = static_cast<Derived const&>(*this);
         try
         {
-            return new Derived(self);
+            return new Derived(static_cast<Derived const&>(*this));
         }
         catch (std::exception const& e)
         {
-            self.reportError(std::string("clone failed: ") + e.what());
+            reportError(std::string("clone failed: ") + e.what());
             return nullptr;
         }
+    }
+
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override
+    {
+        auto* plugin = static_cast<Derived*>(clone());
+        if (plugin != nullptr && context != nullptr)
+        {
+            static_cast<PluginV3Base*>(plugin)->mErrorRecorder = context->getErrorRecorder();
+        }
+        return plugin;
     }
 
     char const* getPluginName() const noexcept override
@@ -169,6 +187,18 @@ public:
     {
         return 1;
     }
+
+protected:
+    // To the execution context's error recorder once attached, else to the logger.
+    void reportError(std::string const& message,
+        nvinfer1::ErrorCode code = nvinfer1::ErrorCode::kINVALID_ARGUMENT) const noexcept
+    {
+        reportPluginError(mErrorRecorder, Derived::kIdentity, mLayerName, message, code);
+    }
+
+private:
+    std::string mLayerName;
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
 };
 
 // A creator's identity and field list, from Plugin::kIdentity. Derived creators implement
