@@ -30,5 +30,15 @@ def _private_layer_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def one_solver_thread():
+    """torch on one thread for the test: tiny solver batches on two threads only spin, measured
+    27x slower on a busy 2-core machine (the driver applies the same policy, driver._threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def make_weight():
     return random_weight

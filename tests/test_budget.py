@@ -19,14 +19,7 @@ from test_export import linear_onnx
 
 FAST = dict(group_size=16, steps=40, flip_rounds=10, seed=0, device="cpu")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny solver batches: two threads only spin on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_solver_thread")
 
 
 def test_allocate_spends_the_average_on_the_largest_drop_per_weight():

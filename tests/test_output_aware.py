@@ -17,15 +17,7 @@ from bqq_deploy.quantize.solver import _reconstruct, solve_stacks, tile, untile
 
 D = torch.float64
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These batches are tiny: two threads only spin, measured 27x slower on a busy 2-core
-    # machine (the driver applies the same policy, driver._threads).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_solver_thread")
 
 
 def _problem(seed: int, batch=3, g_r=8, g_c=6, rank=4):
