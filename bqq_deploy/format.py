@@ -138,10 +138,12 @@ class BQQWeight:
         """Z transposed, as float32 {0,1} [p, R, C, g_c, l]."""
         return unpack_bits(self.z_bits, self.rank).float()
 
-    def dequantize(self) -> torch.Tensor:
+    def dequantize(self, out: np.ndarray | None = None) -> torch.Tensor:
         """The dense reconstruction W_hat [M, K] in float32 (for checks, reports and the
         portable ONNX Runtime loader; the forward pass never builds it). Computed with numpy:
-        no torch thread start-up per call, which dominated small models on a busy host."""
+        no torch thread start-up per call, which dominated small models on a busy host.
+        out: an [M, K] float32/float16 array of any strides (a transposed view too) to write
+        W_hat into, a few rows at a time, instead of a new float32 one."""
         p, rows, cols, g_r, _ = self.y_bits.shape
         g_c, rank = self.group_cols, self.rank
         a, b, c, d = self.scales.cpu().float().numpy().transpose(3, 1, 2, 0)  # each [R, C, p]
@@ -149,7 +151,9 @@ class BQQWeight:
         # permute), so all stacks of a block are one product: [a_1 Y_1 .. a_p Y_p] [Z_1 .. Z_p]^T;
         # then the row terms sum_k b_k (Y_k 1) + d_k and the column terms sum_k c_k (Z_k 1).
         y_words, z_words = (t.cpu().numpy().transpose(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
-        dense = np.empty((self.out_features, self.in_features), np.float32)
+        dense = np.empty((self.out_features, self.in_features), np.float32) if out is None else out
+        if dense.shape != (self.out_features, self.in_features):
+            raise ValueError(f"out has shape {dense.shape}, W_hat is {(self.out_features, self.in_features)}")
         # A few block rows at a time: the bits unpacked to floats outnumber the weights they
         # make (about p times at the default rank), so whole-matrix temporaries would cost
         # several times the result (an embedding table: hundreds of MB); bounded ones are

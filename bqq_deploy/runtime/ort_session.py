@@ -70,14 +70,14 @@ def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.
     placeholders = []
     for node, layout, name, transposed, offset in planned:
         y, z, s = (torch.from_numpy(files.array(inits[n])) for n in node.input)
-        w_hat = BQQWeight(layout.out_features, layout.in_features, layout.group_rows,
-                          layout.group_cols, layout.rank, y, z, s).validate(node.name).dequantize()
-        w_hat = w_hat.T if transposed else w_hat
-        nbytes = w_hat.numel() * dtype.itemsize
-        target = buffer[offset:offset + nbytes].view(dtype).reshape(w_hat.shape)
-        np.copyto(target, w_hat.numpy(), casting="same_kind")
+        shape = (layout.in_features, layout.out_features) if transposed else (layout.out_features, layout.in_features)
+        nbytes = shape[0] * shape[1] * dtype.itemsize
+        target = buffer[offset:offset + nbytes].view(dtype).reshape(shape)
+        # Decoded straight into its place in the buffer (transposed where the graph wants W^T).
+        BQQWeight(layout.out_features, layout.in_features, layout.group_rows, layout.group_cols,
+                  layout.rank, y, z, s).validate(node.name).dequantize(out=target.T if transposed else target)
         placeholder = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(dtype),
-                                       dims=w_hat.shape, data_location=onnx.TensorProto.EXTERNAL)
+                                       dims=shape, data_location=onnx.TensorProto.EXTERNAL)
         for key, value in (("location", location), ("offset", offset), ("length", nbytes)):
             placeholder.external_data.add(key=key, value=str(value))
         placeholders.append(placeholder)
