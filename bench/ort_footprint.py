@@ -204,7 +204,7 @@ def main() -> None:
             "exporter's estimate of the same graph with fp16 initializers. Bundle = every file "
             "of the bundle directory (ratio to model.onnx with its external data). Loaded by: "
             "plain `onnxruntime.InferenceSession(path)` (folds each decode at load) or "
-            "`bqq_deploy.runtime.ort_session(path)` (decodes with torch, hands ONNX Runtime the "
+            "`bqq_deploy.runtime.ort_session(path)` (decodes the packed weights itself, hands ONNX Runtime the "
             "weights). One intra-op thread; memory and creation: medians of fresh processes; "
             "latency: medians of interleaved runs.\n\n" + "\n".join(sections))
     atomic_write_bytes(args.out, [text.encode()])
