@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from matrix_compression import RESULTS, machine_summary
+from matrix_compression import append_result, machine_summary
 
 from bqq_deploy import BQQConfig, export_model, load_layers
 from bqq_deploy.memory import peak_rss_mib, reset_peak
@@ -243,14 +243,10 @@ def main() -> None:
     print(text)
     if args.no_record:
         return
-    path = RESULTS / "decoder_scale.md"
-    if not path.exists():
-        path.write_text("# A 0.5B decoder end to end: time and peak memory\n\nWritten by "
-                        "`python bench/decoder_scale.py` (docstring: what it runs); one section "
-                        "per run. Peak RSS per stage is the kernel's (VmHWM, reset at each "
-                        "stage); a bqq-export process's whole peak is sampled every 0.2 s.\n")
-    with path.open("a") as handle:
-        handle.write(text)
+    append_result("decoder_scale.md", "# A 0.5B decoder end to end: time and peak memory\n\nWritten by "
+                      "`python bench/decoder_scale.py` (docstring: what it runs); one section "
+                      "per run. Peak RSS per stage is the kernel's (VmHWM, reset at each "
+                      "stage); a bqq-export process's whole peak is sampled every 0.2 s.\n", text)
 
 
 if __name__ == "__main__":

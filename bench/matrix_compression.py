@@ -48,6 +48,15 @@ def machine_summary() -> str:
             f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
 
 
+def append_result(name: str, heading: str, section: str) -> None:
+    """Append a run's section to bench/results/<name>, which starts with heading when new."""
+    path = RESULTS / name
+    if not path.exists():
+        path.write_text(heading)
+    with path.open("a") as handle:
+        handle.write(section)
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

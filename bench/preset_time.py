@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from matrix_compression import RESULTS, machine_summary, markdown_table
+from matrix_compression import append_result, machine_summary, markdown_table
 
 from bqq_deploy import BQQConfig, quantize_weights
 
@@ -57,12 +57,8 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = f"\n## {stamp}\n\n{machine_summary()}; solver on {device}\n\n{markdown_table(header, rows)}\n"
-    path = RESULTS / "preset_time.md"
-    if not path.exists():
-        path.write_text("# Preset wall time on an 11.8M-weight encoder\n\nWritten by "
-                        "`python bench/preset_time.py`; one section per run.\n")
-    with path.open("a") as handle:
-        handle.write(section)
+    append_result("preset_time.md", "# Preset wall time on an 11.8M-weight encoder\n\nWritten by "
+                      "`python bench/preset_time.py`; one section per run.\n", section)
 
 
 if __name__ == "__main__":

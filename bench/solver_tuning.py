@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import torch
 
 import baselines
-from matrix_compression import RESULTS, machine_summary, markdown_table
+from matrix_compression import append_result, machine_summary, markdown_table
 from quality import model_path
 
 from bqq_deploy import BQQConfig, quantize_weight, quantize_weights
@@ -124,12 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     label = f" ({args.label})" if args.label else ""
-    path = RESULTS / "solver_tuning.md"
-    if not path.exists():
-        path.write_text("# Solver tuning runs\n\nWritten by `python bench/solver_tuning.py`; one "
-                        "section per run (docs/SOLVER_TUNING.md section (d) reads these).\n")
-    with path.open("a") as handle:
-        handle.write(f"\n## {title}{label}\n\n{stamp}; {machine_summary()}\n\n{table}\n")
+    append_result("solver_tuning.md", "# Solver tuning runs\n\nWritten by `python bench/solver_tuning.py`; "
+                  "one section per run (docs/SOLVER_TUNING.md section (d) reads these).\n",
+                  f"\n## {title}{label}\n\n{stamp}; {machine_summary()}\n\n{table}\n")
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from matrix_compression import RESULTS, machine_summary, markdown_table
+from matrix_compression import append_result, machine_summary, markdown_table
 
 from bqq_deploy import BQQConfig, quantize_weights
 from bqq_deploy.quantize import distributed
@@ -162,12 +162,8 @@ def main() -> None:
     print(section)
     if args.no_record:
         return
-    path = RESULTS / "throughput.md"
-    if not path.exists():
-        path.write_text("# Quantiser throughput\n\nWritten by `python bench/throughput.py` "
-                        "(docstring: what it times); one section per run.\n")
-    with path.open("a") as handle:
-        handle.write(section)
+    append_result("throughput.md", "# Quantiser throughput\n\nWritten by `python bench/throughput.py` "
+                      "(docstring: what it times); one section per run.\n", section)
 
 
 if __name__ == "__main__":
