@@ -49,12 +49,11 @@ def machine_summary() -> str:
 
 
 def append_result(name: str, heading: str, section: str) -> None:
-    """Append a run's section to bench/results/<name>, which starts with heading when new."""
+    """Append a run's section to bench/results/<name>, which starts with heading when new;
+    written atomically, so an interrupted run never leaves half a table."""
     path = RESULTS / name
-    if not path.exists():
-        path.write_text(heading)
-    with path.open("a") as handle:
-        handle.write(section)
+    before = path.read_text() if path.exists() else heading
+    atomic_write_bytes(path, [(before + section).encode()])
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
