@@ -9,6 +9,7 @@ on a few tokens. Appends the time, peak RSS per stage and the parity to
 bench/results/decoder_scale.md with the machine named.
 
     nice -n 10 python bench/decoder_scale.py --threads 1          # the 0.5B model, preset fast
+    nice -n 10 python bench/decoder_scale.py --threads 1 --nproc 2   # the same, 2 torchrun ranks
     python bench/decoder_scale.py --layers 2 --vocab 8192 --steps 0 --no-record   # a rehearsal
     nice -n 10 python bench/decoder_scale.py --threads 1 --pipeline-only    # memory, not quality
 """
@@ -121,8 +122,8 @@ def export_onnx(model, path: Path, vocab: int) -> None:
 
 def run_peak(command: list[str], threads: int | None) -> tuple[int, float, float]:
     """Run command (on `threads` torch threads); its exit status, wall seconds and peak RSS in
-    MiB (sampled every 0.2 s: the whole process, which the report's per-stage peaks do not
-    cover before the export)."""
+    MiB (sampled every 0.2 s: the sum over the process and its children, so torchrun's ranks
+    count together; the report's per-stage peaks do not cover what precedes the export)."""
     import psutil
 
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -130,10 +131,13 @@ def run_peak(command: list[str], threads: int | None) -> tuple[int, float, float
     proc = subprocess.Popen(command, env=env)
     watched, peak = psutil.Process(proc.pid), 0.0
     while proc.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss / 2**20)
-        except psutil.NoSuchProcess:
-            break
+        rss = 0
+        for member in [watched, *watched.children(recursive=True)]:
+            try:
+                rss += member.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        peak = max(peak, rss / 2**20)
         time.sleep(0.2)
     return proc.wait(), time.perf_counter() - start, peak
 
@@ -157,6 +161,8 @@ def main() -> None:
                         help="--source onnx with the cheapest solve (CHEAPEST): stages and memory")
     parser.add_argument("--threads", type=int, help="solver threads of bqq-export (on a loaded "
                         "machine one thread is several times faster than two)")
+    parser.add_argument("--nproc", type=int, default=1, help="--source onnx: bqq-export under "
+                        "torchrun with this many ranks (gloo; docs/SCALE.md)")
     parser.add_argument("--shared", default="yes", help="whether other jobs shared the machine")
     parser.add_argument("--no-record", action="store_true", help="print, do not append results")
     args = parser.parse_args()
@@ -167,6 +173,7 @@ def main() -> None:
                                 if v is not None})
     if args.pipeline_only:
         config, args.preset = CHEAPEST, "pipeline-only"
+    cached = len(list(args.cache_dir.glob("*.bqq.safetensors"))) if args.cache_dir and args.cache_dir.is_dir() else 0
     scratch = Path(tempfile.mkdtemp(prefix="bqq-decoder-scale-"))
     out = args.out or scratch / "bundle"
     rows = []
@@ -187,11 +194,14 @@ def main() -> None:
                              time.perf_counter() - start, peak_rss_mib()))
             del model
             gc.collect()
-            command = [sys.executable, "-m", "bqq_deploy.cli.export", str(onnx_file),
+            launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+                         "--module"] if args.nproc > 1 else ["-m"])
+            command = [sys.executable, *launcher, "bqq_deploy.cli.export", str(onnx_file),
                        "-o", str(out), "--quality", args.preset, "--seed", "0", "--no-validate",
                        "--force", *(f"--shapes={shape}" for shape in SHAPES)]
             command += ["--steps", str(config.steps)] if args.steps is not None else []
-            command += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else ["--no-cache"]
+            cache = args.cache_dir or (scratch / "cache" if args.nproc > 1 else None)  # ranks meet there
+            command += ["--cache-dir", str(cache)] if cache else ["--no-cache"]
             if args.pipeline_only:
                 command = [sys.executable, "-c", _PIPELINE_ONLY, str(onnx_file), str(out)]
             if args.flip_rounds is not None:
@@ -224,7 +234,9 @@ def main() -> None:
         f"\n## {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}: {how}\n",
         f"{machine_summary()}; machine shared with other jobs: {args.shared}; "
         f"niceness {os.nice(0)}; bqq-export on {args.threads or torch.get_num_threads()} "
-        f"thread(s){'; the ONNX file of an earlier run' if args.onnx else ''}\n",
+        f"thread(s){f' per rank, {args.nproc} torchrun ranks' if args.nproc > 1 else ''}"
+        f"{'; solver cache of an interrupted run: ' + str(cached) + ' layers solved before' if cached else ''}"
+        f"{'; the ONNX file of an earlier run' if args.onnx else ''}\n",
         f"Qwen2 shape, {args.layers} layers, vocabulary {args.vocab}: {parameters / 1e6:.1f}M parameters, fp32 "
         f"{fp32_mib:.0f} MiB. Preset `{args.preset}` ({config.bits} bits, {config.steps} steps, "
         f"{config.flip_rounds} flip rounds), {len(report.layers)} layers quantised, "
