@@ -4,12 +4,14 @@ arithmetic (fields, limits, grid, shapes) is bqq_deploy.layout's."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,10 +55,11 @@ _BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1,
                            bitorder="little").astype(np.float32)
 
 
-def _unpack_float(words: np.ndarray, rank: int) -> np.ndarray:
-    """int32 words [..., L] -> float32 {0, 1} [..., rank]."""
+def _unpack_float(words: np.ndarray, rank: int, scratch: "DecodeScratch", key: str) -> np.ndarray:
+    """int32 words [..., L] -> float32 {0, 1} [..., rank], in scratch's array `key`."""
     little = np.ascontiguousarray(words, dtype="<i4").view(np.uint8)
-    bits = np.take(_BYTE_BITS, little, axis=0)  # [..., 4L, 8]; take: 4x fancy indexing
+    bits = scratch.array(key, (*little.shape, 8))  # take: 4x fancy indexing; "clip": unbuffered
+    np.take(_BYTE_BITS, little, axis=0, out=bits, mode="clip")
     return bits.reshape(*words.shape[:-1], -1)[..., :rank]
 
 
@@ -64,9 +67,31 @@ def _unpack_float(words: np.ndarray, rank: int) -> np.ndarray:
 _DEQUANTIZE_CHUNK = 1 << 20
 
 
+class DecodeScratch:
+    """Float32 temporaries reused by the decode tasks one thread runs one after another:
+    allocated afresh, each task's few MB would be mapped and page-faulted again (glibc hands
+    blocks this large back to the OS when they are freed), which cost the decode a third of
+    its time."""
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = math.prod(shape)
+        flat = self._arrays.get(key)
+        if flat is None or flat.size < size:
+            flat = self._arrays[key] = np.empty(size, np.float32)
+        return flat[:size].reshape(shape)
+
+
 def _popcount(words: np.ndarray) -> np.ndarray:
     """Set bits per packed row: int32 words [..., L] -> float32 [...]."""
     return np.bitwise_count(np.ascontiguousarray(words).view(np.uint32)).sum(-1, dtype=np.float32)
+
+
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array (a view of a CPU tensor)."""
+    return tensor.detach().cpu().numpy()
 
 
 @dataclass
@@ -116,17 +141,18 @@ class BQQWeight:
                 raise FormatError(f"{name}.{key}: dtype {tensor.dtype}, expected {TENSOR_DTYPES[key]}")
             if tuple(tensor.shape) != shape:
                 raise FormatError(f"{name}.{key}: shape {tuple(tensor.shape)}, expected {shape}")
+        # The value checks in numpy: a loader that only decodes (runtime.ort_session) then
+        # never starts torch's operator machinery, a few MB of resident memory.
         rank_in_last_word = self.rank - 32 * (words_per_row(self.rank) - 1)
         if rank_in_last_word < 32:
-            unused = torch.tensor(-(1 << rank_in_last_word), dtype=torch.int64)  # bits >= r set
+            unused = np.uint32((0xFFFFFFFF << rank_in_last_word) & 0xFFFFFFFF)  # bits >= r
             for key in ("y_bits", "z_bits"):
-                last = tensors[key][..., -1].to(torch.int64) & 0xFFFFFFFF
-                if bool(((last & (unused & 0xFFFFFFFF)) != 0).any()):
+                if (_host(tensors[key])[..., -1].view(np.uint32) & unused).any():
                     raise FormatError(f"{name}.{key}: bits past rank {self.rank} are set "
                                       "(corrupt data or wrong rank)")
-        if not bool(torch.isfinite(self.scales).all()):
+        if not np.isfinite(_host(self.scales)).all():
             raise FormatError(f"{name}.scales: contains inf or NaN")
-        if self.bias is not None and not bool(torch.isfinite(self.bias).all()):
+        if self.bias is not None and not np.isfinite(_host(self.bias)).all():
             raise FormatError(f"{name}.bias: contains inf or NaN")
         return self
 
@@ -144,34 +170,59 @@ class BQQWeight:
         no torch thread start-up per call, which dominated small models on a busy host.
         out: an [M, K] float32/float16 array of any strides (a transposed view too) to write
         W_hat into, a few rows at a time, instead of a new float32 one."""
-        p, rows, cols, g_r, _ = self.y_bits.shape
-        g_c, rank = self.group_cols, self.rank
-        a, b, c, d = self.scales.cpu().float().numpy().transpose(3, 1, 2, 0)  # each [R, C, p]
-        # Bits unpacked straight into [R, C, g, p, l] (the packed words are 32x smaller to
-        # permute), so all stacks of a block are one product: [a_1 Y_1 .. a_p Y_p] [Z_1 .. Z_p]^T;
-        # then the row terms sum_k b_k (Y_k 1) + d_k and the column terms sum_k c_k (Z_k 1).
-        y_words, z_words = (t.cpu().numpy().transpose(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
         dense = np.empty((self.out_features, self.in_features), np.float32) if out is None else out
-        if dense.shape != (self.out_features, self.in_features):
-            raise ValueError(f"out has shape {dense.shape}, W_hat is {(self.out_features, self.in_features)}")
-        # A few block rows at a time: the bits unpacked to floats outnumber the weights they
-        # make (about p times at the default rank), so whole-matrix temporaries would cost
-        # several times the result (an embedding table: hundreds of MB); bounded ones are
-        # reused by the allocator and leave no resident heap behind.
-        step = max(1, _DEQUANTIZE_CHUNK // (cols * g_r * g_c))
-        for top in range(0, rows, step):
-            part = slice(top, min(rows, top + step))
-            n = part.stop - top
-            y_all = _unpack_float(y_words[part], rank) * a[part, :, None, :, None]
-            z_all = _unpack_float(z_words[part], rank)
-            blocks = np.matmul(y_all.reshape(n * cols, g_r, p * rank),
-                               z_all.reshape(n * cols, g_c, p * rank).transpose(0, 2, 1))
-            blocks = blocks.reshape(n, cols, g_r, g_c)
-            blocks += ((_popcount(y_words[part]) * b[part, :, None, :]).sum(-1) + d[part].sum(-1)[..., None])[..., None]
-            blocks += (_popcount(z_words[part]) * c[part, :, None, :]).sum(-1)[..., None, :]
-            first, last = top * g_r, min(self.out_features, part.stop * g_r)
-            dense[first:last] = blocks.transpose(0, 2, 1, 3).reshape(n * g_r, cols * g_c)[: last - first, : self.in_features]
+        scratch = DecodeScratch()
+        for task in self.decode_tasks(dense):
+            task(scratch)
         return torch.from_numpy(dense)
+
+    def decode_tasks(self, out: np.ndarray) -> list[Callable[[DecodeScratch], None]]:
+        """W_hat written into out ([M, K], any strides and float dtype) by independent tasks of
+        a few block rows each (disjoint rows of out): run them in any order, on any threads
+        (numpy releases the GIL), each thread passing its own DecodeScratch. Bounded pieces, because the bits unpacked to floats
+        outnumber the weights they make (an embedding table's whole-matrix temporaries would
+        be hundreds of MB); bounded ones are reused by the allocator and leave no resident
+        heap behind."""
+        if out.shape != (self.out_features, self.in_features):
+            raise ValueError(f"out has shape {out.shape}, W_hat is {(self.out_features, self.in_features)}")
+        _, rows, cols, g_r, _ = self.y_bits.shape
+        a, b, c, d = _host(self.scales).astype(np.float32).transpose(3, 1, 2, 0)  # each [R, C, p]
+        # Bits unpacked straight into [R, C, g, p, l] (the packed words are 32x smaller to
+        # permute), so all stacks of a block and its row and column terms are one product:
+        # [a_1 Y_1 .. a_p Y_p | r | 1] [Z_1 .. Z_p | 1 | c]^T, r = sum_k b_k (Y_k 1) + d_k and
+        # c = sum_k c_k (Z_k 1), written by the matmul straight into out where it can.
+        y_words, z_words = (_host(t).transpose(1, 2, 3, 0, 4) for t in (self.y_bits, self.z_bits))
+        step = max(1, _DEQUANTIZE_CHUNK // (cols * g_r * self.group_cols))
+        return [functools.partial(self._decode_block_rows, out, (a, b, c, d), y_words, z_words, top,
+                                  min(rows, top + step)) for top in range(0, rows, step)]
+
+    def _decode_block_rows(self, out: np.ndarray, scales, y_words, z_words, top: int, stop: int,
+                           scratch: DecodeScratch) -> None:
+        (a, b, c, d), part = scales, slice(top, stop)
+        p, n, cols, g_r, g_c, rank = self.stacks, stop - top, y_words.shape[1], self.group_rows, self.group_cols, self.rank
+        bits = p * rank
+        y_aug = scratch.array("y_aug", (n, cols, g_r, bits + 2))
+        z_aug = scratch.array("z_aug", (n, cols, g_c, bits + 2))
+        np.multiply(_unpack_float(y_words[part], rank, scratch, "y"), a[part, :, None, :, None],
+                    out=np.reshape(y_aug[..., :bits], (n, cols, g_r, p, rank), copy=False))
+        np.copyto(np.reshape(z_aug[..., :bits], (n, cols, g_c, p, rank), copy=False),
+                  _unpack_float(z_words[part], rank, scratch, "z"))
+        y_aug[..., bits] = (_popcount(y_words[part]) * b[part, :, None, :]).sum(-1) + d[part].sum(-1)[..., None]
+        y_aug[..., bits + 1] = 1
+        z_aug[..., bits] = 1
+        z_aug[..., bits + 1] = (_popcount(z_words[part]) * c[part, :, None, :]).sum(-1)
+        first, last = top * g_r, min(self.out_features, stop * g_r)
+        target = out[first:last]
+        unpadded = last - first == n * g_r and self.in_features == cols * g_c and out.dtype == np.float32
+        if unpadded and target.strides[1] == target.itemsize:  # rows in memory: blocks Y Z^T
+            np.matmul(y_aug, z_aug.swapaxes(-1, -2),
+                      out=np.reshape(target, (n, g_r, cols, g_c), copy=False).transpose(0, 2, 1, 3))
+        elif unpadded and target.strides[0] == target.itemsize:  # W^T in memory: blocks Z Y^T
+            np.matmul(z_aug, y_aug.swapaxes(-1, -2),
+                      out=np.reshape(target.T, (cols, g_c, n, g_r), copy=False).transpose(2, 0, 1, 3))
+        else:  # padded edges, fp16 or odd strides: through a float32 temporary
+            blocks = np.matmul(y_aug, z_aug.swapaxes(-1, -2), out=scratch.array("blocks", (n, cols, g_r, g_c)))
+            target[...] = blocks.transpose(0, 2, 1, 3).reshape(n * g_r, cols * g_c)[: last - first, : self.in_features]
 
     @property
     def nbytes(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -161,6 +162,42 @@ def test_dequantize_matches_the_block_formula(make_weight):
                    + d[k, 1, 1] for k in range(2))
     assert dense.shape == (5, 7)
     assert torch.isclose(dense[4, 6], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(128, 192, 64, 64, 32, 2),   # no padding: products written in place
+                                   (100, 70, 64, 64, 32, 3),    # padded edges
+                                   (37, 300, 16, 32, 40, 1)])   # rank across a word boundary
+def test_dequantize_writes_every_layout_of_out_alike(make_weight, shape, monkeypatch):
+    """dequantize(out=) takes each path the ONNX Runtime loader uses (row-major, a transposed
+    view, fp16, and tasks run in any order on separate scratch spaces): all give the block
+    formula's W_hat, evaluated here for the whole matrix with torch."""
+    from bqq_deploy import format as packed
+
+    w = make_weight(*shape)
+    p, R, C, g_r, _ = w.y_bits.shape
+    monkeypatch.setattr(packed, "_DEQUANTIZE_CHUNK", C * g_r * w.group_cols)  # a task per block row
+    y, z = w.y().double(), w.z().double()
+    a, b, c, d = w.scales.double().unbind(-1)  # [p, R, C]
+    blocks = (torch.einsum("prcil,prcjl->prcij", y * a[..., None, None], z)
+              + (b[..., None] * y.sum(-1))[..., None] + (c[..., None] * z.sum(-1))[..., None, :]
+              + d[..., None, None]).sum(0)
+    want = blocks.permute(0, 2, 1, 3).reshape(R * g_r, C * w.group_cols)[: w.out_features, : w.in_features]
+    # float32 rounding of a sum of about stacks * rank products and four terms
+    tol = 1e-5 * float(want.abs().max())
+    assert float((w.dequantize().double() - want).abs().max()) <= tol
+    transposed = np.zeros((w.in_features, w.out_features), np.float32)
+    w.dequantize(out=transposed.T)
+    assert float((torch.from_numpy(transposed.T).double() - want).abs().max()) <= tol
+    half = np.zeros((w.out_features, w.in_features), np.float16)
+    w.dequantize(out=half)
+    # fp16: one rounding of each weight (relative 2^-11)
+    assert float((torch.from_numpy(half).double() - want).abs().max()) <= 2 ** -11 * float(want.abs().max()) + tol
+    pieces = np.zeros((w.out_features, w.in_features), np.float32)
+    tasks = w.decode_tasks(pieces)
+    assert len(tasks) == R
+    for task in reversed(tasks):
+        task(packed.DecodeScratch())
+    assert np.array_equal(pieces, w.dequantize().numpy())
 
 
 def test_atomic_write_honours_the_umask(tmp_path, make_weight):

@@ -8,13 +8,17 @@ buffer that ONNX Runtime reads as an in-memory external-data file: it copies the
 while it creates the session, as it would from a float model's file, and the buffer is freed
 then, so session memory is that of the float model. The file's other external data
 (weights.bin) goes in beside it, mapped from disk: no copy of the model passes through
-protobuf (which stops at 2 GB)."""
+protobuf (which stops at 2 GB). The decode runs on every CPU the process may use: it is all
+that session creation waits on beyond what a float model costs."""
 
 from __future__ import annotations
 
 import ctypes
+import os
+import threading
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +28,7 @@ import torch
 from onnx import helper
 
 from .. import contract
-from ..format import BQQWeight
+from ..format import BQQWeight, DecodeScratch
 from ..layout import Layout
 from ..tensors import TensorFiles
 
@@ -67,20 +71,21 @@ def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.
         dropped_nodes.add(id(node))
         dropped_inits.update(node.input)
     buffer = np.empty(size, np.uint8)
-    placeholders = []
+    placeholders, tasks = [], []
     for node, layout, name, transposed, offset in planned:
         y, z, s = (torch.from_numpy(files.array(inits[n])) for n in node.input)
         shape = (layout.in_features, layout.out_features) if transposed else (layout.out_features, layout.in_features)
         nbytes = shape[0] * shape[1] * dtype.itemsize
         target = buffer[offset:offset + nbytes].view(dtype).reshape(shape)
         # Decoded straight into its place in the buffer (transposed where the graph wants W^T).
-        BQQWeight(layout.out_features, layout.in_features, layout.group_rows, layout.group_cols,
-                  layout.rank, y, z, s).validate(node.name).dequantize(out=target.T if transposed else target)
+        tasks += BQQWeight(layout.out_features, layout.in_features, layout.group_rows, layout.group_cols,
+                           layout.rank, y, z, s).validate(node.name).decode_tasks(target.T if transposed else target)
         placeholder = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(dtype),
                                        dims=shape, data_location=onnx.TensorProto.EXTERNAL)
         for key, value in (("location", location), ("offset", offset), ("length", nbytes)):
             placeholder.external_data.add(key=key, value=str(value))
         placeholders.append(placeholder)
+    _run_all(tasks, size)
     still_used = {name for node in graph.node if id(node) not in dropped_nodes for name in node.input}
     kept_nodes = [n for n in graph.node if id(n) not in dropped_nodes]
     del graph.node[:]
@@ -92,6 +97,34 @@ def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.
     del model.functions[:]
     model.functions.extend(functions)
     return model, buffer
+
+
+# Decoded bytes below which the decode stays on the calling thread: worker threads cost more
+# than they save there (their start, and a few MB of per-thread BLAS and heap memory that a
+# small model's session would otherwise be measured by).
+_THREADED_DECODE_BYTES = 16 << 20
+
+
+def _run_all(tasks: list, nbytes: int) -> None:
+    """Run independent decode tasks on the CPUs this process may use (numpy releases the GIL
+    in the unpacking and the products): session creation waits on the decode alone."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = min(len(tasks), cpus) if nbytes >= _THREADED_DECODE_BYTES else 1
+    if threads <= 1:
+        scratch = DecodeScratch()
+        for task in tasks:
+            task(scratch)
+        return
+    local = threading.local()  # one DecodeScratch per worker, gone with the pool
+
+    def run(task) -> None:
+        if not hasattr(local, "scratch"):
+            local.scratch = DecodeScratch()
+        task(local.scratch)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="bqq-decode") as pool:
+        for done in [pool.submit(run, task) for task in tasks]:
+            done.result()
 
 
 def ort_session(path: str | Path, options=None, providers: Sequence[str] | None = None):
