@@ -179,10 +179,9 @@ class BQQWeight:
     def decode_tasks(self, out: np.ndarray) -> list[Callable[[DecodeScratch], None]]:
         """W_hat written into out ([M, K], any strides and float dtype) by independent tasks of
         a few block rows each (disjoint rows of out): run them in any order, on any threads
-        (numpy releases the GIL), each thread passing its own DecodeScratch. Bounded pieces, because the bits unpacked to floats
-        outnumber the weights they make (an embedding table's whole-matrix temporaries would
-        be hundreds of MB); bounded ones are reused by the allocator and leave no resident
-        heap behind."""
+        (numpy releases the GIL), each thread passing its own DecodeScratch. Pieces of at most
+        _DEQUANTIZE_CHUNK weights, because the bits unpacked to floats outnumber the weights
+        they make: an embedding table's whole-matrix temporaries would be hundreds of MB."""
         if out.shape != (self.out_features, self.in_features):
             raise ValueError(f"out has shape {out.shape}, W_hat is {(self.out_features, self.in_features)}")
         _, rows, cols, g_r, _ = self.y_bits.shape
@@ -199,18 +198,18 @@ class BQQWeight:
     def _decode_block_rows(self, out: np.ndarray, scales, y_words, z_words, top: int, stop: int,
                            scratch: DecodeScratch) -> None:
         (a, b, c, d), part = scales, slice(top, stop)
-        p, n, cols, g_r, g_c, rank = self.stacks, stop - top, y_words.shape[1], self.group_rows, self.group_cols, self.rank
-        bits = p * rank
-        y_aug = scratch.array("y_aug", (n, cols, g_r, bits + 2))
-        z_aug = scratch.array("z_aug", (n, cols, g_c, bits + 2))
+        p, rank, g_r, g_c = self.stacks, self.rank, self.group_rows, self.group_cols
+        n, cols, depth = stop - top, y_words.shape[1], p * rank  # depth: the product's inner size
+        y_aug = scratch.array("y_aug", (n, cols, g_r, depth + 2))
+        z_aug = scratch.array("z_aug", (n, cols, g_c, depth + 2))
         np.multiply(_unpack_float(y_words[part], rank, scratch, "y"), a[part, :, None, :, None],
-                    out=np.reshape(y_aug[..., :bits], (n, cols, g_r, p, rank), copy=False))
-        np.copyto(np.reshape(z_aug[..., :bits], (n, cols, g_c, p, rank), copy=False),
+                    out=np.reshape(y_aug[..., :depth], (n, cols, g_r, p, rank), copy=False))
+        np.copyto(np.reshape(z_aug[..., :depth], (n, cols, g_c, p, rank), copy=False),
                   _unpack_float(z_words[part], rank, scratch, "z"))
-        y_aug[..., bits] = (_popcount(y_words[part]) * b[part, :, None, :]).sum(-1) + d[part].sum(-1)[..., None]
-        y_aug[..., bits + 1] = 1
-        z_aug[..., bits] = 1
-        z_aug[..., bits + 1] = (_popcount(z_words[part]) * c[part, :, None, :]).sum(-1)
+        y_aug[..., depth] = (_popcount(y_words[part]) * b[part, :, None, :]).sum(-1) + d[part].sum(-1)[..., None]
+        y_aug[..., depth + 1] = 1
+        z_aug[..., depth] = 1
+        z_aug[..., depth + 1] = (_popcount(z_words[part]) * c[part, :, None, :]).sum(-1)
         first, last = top * g_r, min(self.out_features, stop * g_r)
         target = out[first:last]
         unpadded = last - first == n * g_r and self.in_features == cols * g_c and out.dtype == np.float32
