@@ -173,7 +173,6 @@ def main() -> None:
                                 if v is not None})
     if args.pipeline_only:
         config, args.preset = CHEAPEST, "pipeline-only"
-    cached = len(list(args.cache_dir.glob("*.bqq.safetensors"))) if args.cache_dir and args.cache_dir.is_dir() else 0
     scratch = Path(tempfile.mkdtemp(prefix="bqq-decoder-scale-"))
     out = args.out or scratch / "bundle"
     rows = []
@@ -230,12 +229,13 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     parity = report.validation["vs_bqq_reference"]["outputs"][0]
+    cached = sum(bool(layer.solver.get("cache_hit")) for layer in report.layers)
     lines = [
         f"\n## {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}: {how}\n",
         f"{machine_summary()}; machine shared with other jobs: {args.shared}; "
         f"niceness {os.nice(0)}; bqq-export on {args.threads or torch.get_num_threads()} "
         f"thread(s){f' per rank, {args.nproc} torchrun ranks' if args.nproc > 1 else ''}"
-        f"{'; solver cache of an interrupted run: ' + str(cached) + ' layers solved before' if cached else ''}"
+        f"{f'; {cached} of {len(report.layers)} layers read from the solver cache (an earlier run)' if cached else ''}"
         f"{'; the ONNX file of an earlier run' if args.onnx else ''}\n",
         f"Qwen2 shape, {args.layers} layers, vocabulary {args.vocab}: {parameters / 1e6:.1f}M parameters, fp32 "
         f"{fp32_mib:.0f} MiB. Preset `{args.preset}` ({config.bits} bits, {config.steps} steps, "
