@@ -23,12 +23,14 @@ import torch
 from bqq_deploy import BQQConfig, quantize_weights
 from bqq_deploy.quantize import driver
 
-CONFIG = BQQConfig.preset("fast", group_size=16, steps=20, flip_rounds=5, batch_weights=1)
+# Every layer exactly one batch: 64 x 48 = 3072 padded weights (a larger layer would be solved
+# in row pieces, a smaller pair would share a batch).
+CONFIG = BQQConfig.preset("fast", group_size=16, steps=20, flip_rounds=5, batch_weights=64 * 48)
 
 
 def layers() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return {f"layer{i}": 0.02 * torch.randn(32 + 16 * i, 48, generator=gen) for i in range(8)}
+    return {f"layer{i}": 0.02 * torch.randn(64, 48, generator=gen) for i in range(8)}
 
 
 def crash_half_way(cache: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,34 @@ def test_a_killed_rank_loses_only_its_unfinished_layers(tmp_path):
         got = LayerCache(cache).load(LayerCache.key(weight, distributed_job.CONFIG, None, None))
         for field in ("y_bits", "z_bits", "scales"):
             assert torch.equal(getattr(got, field), getattr(want[name], field)), (name, field)
+
+
+def test_a_layer_larger_than_a_batch_is_solved_in_row_pieces(tmp_path, monkeypatch):
+    """An embedding-sized layer never makes a batch larger than batch_weights: it is solved in
+    pieces of whole block rows (each exactly what solving those rows alone gives, data-free
+    blocks being independent), joined in order, and cached piece by piece and joined."""
+    from bqq_deploy.quantize import driver
+
+    config = replace(distributed_job.CONFIG, batch_weights=2 * 16 * 48)  # two block rows of 16 x 48
+    gen = torch.Generator().manual_seed(1)
+    weights = {"table": 0.02 * torch.randn(100, 48, generator=gen), "small": 0.02 * torch.randn(16, 48, generator=gen)}
+    bias = torch.randn(100, generator=gen)
+    sizes, solve = [], driver._solve_batch
+    monkeypatch.setattr(driver, "_solve_batch", lambda batch, *a, **k: sizes.append(
+        sum(w.shape[0] + -w.shape[0] % 16 for w in batch.values()) * 48) or solve(batch, *a, **k))
+    out = quantize_weights(weights, config, biases={"table": bias}, cache_dir=tmp_path, progress=False)
+    assert max(sizes) <= config.batch_weights and sum(sizes) == (112 + 16) * 48  # 100 rows padded to 112
+    table = out["table"].validate()
+    assert (table.out_features, table.in_features) == (100, 48) and table.info["pieces"] == 4
+    assert torch.equal(table.bias, bias)
+    alone = quantize_weights({"rows": weights["table"][32:64]}, config, progress=False)["rows"]
+    for field in ("y_bits", "z_bits", "scales"):
+        assert torch.equal(getattr(table, field)[:, 2:4], getattr(alone, field)), field
+    # rerun: the joined layer comes from the cache, nothing is solved
+    sizes.clear()
+    again = quantize_weights(weights, config, biases={"table": bias}, cache_dir=tmp_path, progress=False)
+    assert sizes == [] and again["table"].info["cache_hit"]
+    assert torch.equal(again["table"].y_bits, table.y_bits)
 
 
 def test_sharing_needs_a_cache_directory():

@@ -129,7 +129,96 @@ def _data_free(weights: Mapping, shapes: dict, depths: dict[str, int], config: B
                cache, keys: dict, bar) -> dict:
     """Data-free solves of the given layers at the given depths (one stack count per batch):
     cached layers loaded, the rest solved; under torchrun the batches are dealt to the ranks.
-    keys: cache keys already computed (those of other layers are computed here)."""
+    keys: cache keys already computed (those of other layers are computed here).
+
+    A layer of more than config.batch_weights padded weights (an embedding table, an LM head)
+    is solved in pieces of whole block rows, each a layer of its own to the batching, the
+    ranks and the cache (data-free, every block is a problem of its own), and joined after:
+    its memory stays one batch's, and a run cut short keeps its finished pieces."""
+    keys = dict(keys)
+    if cache is not None:
+        for name in depths:
+            if name not in keys:
+                keys[name] = cache.key(weights[name], replace(config, bits=depths[name]), biases.get(name), None)
+    split = {name: spans for name in depths
+             if (spans := _row_pieces(shapes[name], replace(config, bits=depths[name])))}
+    loaded = {}
+    if cache is not None:  # joined in an earlier run: no pieces to solve
+        loaded = {name: hit for name in split if (hit := cache.load(keys[name])) is not None}
+    split = {name: spans for name, spans in split.items() if name not in loaded}
+    if not split:
+        return {**_data_free_layers(weights, shapes, {n: d for n, d in depths.items() if n not in loaded},
+                                    config, biases, cache, keys, bar), **loaded}
+    pieces = {f"{name}[rows {lo}:{hi}]": (name, lo, hi) for name, spans in split.items() for lo, hi in spans}
+    piece_depths = {}
+    for name, depth in depths.items():  # each split layer's pieces in its place
+        if name in split:
+            piece_depths.update({piece: depth for piece, (layer, _, _) in pieces.items() if layer == name})
+        elif name not in loaded:
+            piece_depths[name] = depth
+    results = _data_free_layers(
+        _RowPieces(weights, pieces), {**shapes, **{p: (hi - lo, shapes[n][1]) for p, (n, lo, hi) in pieces.items()}},
+        piece_depths, config, {**biases, **{p: biases[n][lo:hi] for p, (n, lo, hi) in pieces.items() if n in biases}},
+        cache, {n: k for n, k in keys.items() if n not in split}, bar)
+    for name in split:
+        results[name] = _join_rows([results.pop(p) for p, (layer, _, _) in pieces.items() if layer == name])
+        if cache is not None and distributed.is_writer():
+            cache.store(keys[name], results[name])
+    return {**results, **loaded}
+
+
+def _row_pieces(shape: tuple[int, int], config: BQQConfig) -> list[tuple[int, int]] | None:
+    """Row ranges (whole block rows, each at most config.batch_weights padded weights) of a
+    layer too large for one batch; None for one that fits."""
+    layout = _layout(shape, config)
+    if layout.padded_weights <= config.batch_weights:
+        return None
+    block_row = layout.padded_weights // layout.grid[0]
+    step = max(1, config.batch_weights // block_row) * layout.group_rows
+    return [(lo, min(shape[0], lo + step)) for lo in range(0, shape[0], step)]
+
+
+class _RowPieces(Mapping):
+    """weights with the row pieces of some layers added: piece -> (layer, first row, end row)."""
+
+    def __init__(self, weights: Mapping, pieces: dict[str, tuple[str, int, int]]):
+        self._weights, self._pieces = weights, pieces
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._pieces:
+            layer, lo, hi = self._pieces[name]
+            return self._weights[layer][lo:hi].clone()  # not a view: the layer may be freed
+        return self._weights[name]
+
+    def __iter__(self):
+        yield from self._weights
+        yield from self._pieces
+
+    def __len__(self) -> int:
+        return len(self._weights) + len(self._pieces)
+
+
+def _join_rows(parts: list[BQQWeight]) -> BQQWeight:
+    """One layer from its row pieces (in order), with their statistics combined."""
+    first, rows = parts[0], sum(part.out_features for part in parts)
+    joined = BQQWeight(rows, first.in_features, first.group_rows, first.group_cols, first.rank,
+                       *(torch.cat([getattr(part, key) for part in parts], dim=1)
+                         for key in ("y_bits", "z_bits", "scales")),
+                       None if first.bias is None else torch.cat([part.bias for part in parts]))
+    share = [part.out_features / rows for part in parts]
+    joined.info = {**first.info,
+                   "mse": sum(w * part.info["mse"] for w, part in zip(share, parts)),
+                   "greedy_mse": [sum(w * part.info["greedy_mse"][k] for w, part in zip(share, parts))
+                                  for k in range(len(first.info["greedy_mse"]))],
+                   "seconds": sum(part.info["seconds"] for part in parts),
+                   "cache_hit": all(part.info.get("cache_hit", False) for part in parts),
+                   "pieces": len(parts)}
+    return joined
+
+
+def _data_free_layers(weights: Mapping, shapes: dict, depths: dict[str, int], config: BQQConfig,
+                      biases: dict, cache, keys: dict, bar) -> dict:
+    """_data_free for layers that each fit one batch."""
     keys = dict(keys)
     if cache is not None:
         for name in depths:
