@@ -181,6 +181,17 @@ def test_ort_session_decodes_the_weights_itself_and_computes_the_same(bundle):
         assert np.abs(mine.astype(np.float32) - plain.astype(np.float32)).max() <= tol * np.abs(plain).max()
 
 
+def test_ort_session_decoding_into_a_directory_computes_the_same_and_leaves_nothing(bundle, tmp_path):
+    from bqq_deploy.runtime import ort_session
+
+    _, b, _ = bundle
+    ids = np.random.default_rng(4).integers(0, 96, (2, 9)).astype(np.int64)
+    (in_memory,) = ort_session(b / Bundle.PORTABLE_ONNX).run(None, {"ids": ids})
+    (spilled,) = ort_session(b / Bundle.PORTABLE_ONNX, decode_dir=tmp_path).run(None, {"ids": ids})
+    assert np.array_equal(spilled, in_memory)  # the same decoded bytes, mapped instead of copied
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnx_runtime_copies_the_in_memory_weights_so_ort_session_may_free_them(bundle):
     """ort_session frees its decode buffer once the session exists: that is only safe while
     ONNX Runtime copies in-memory external data at creation (its documented behaviour),

@@ -21,9 +21,10 @@ _ORT_DTYPES = {
 
 class OnnxRuntimeBackend(Backend):
     """An ONNX file in ONNX Runtime (a portable bundle file's packed weights decoded by
-    ort_session before the session is created)."""
+    ort_session before the session is created; decode_dir: see ort_session)."""
 
-    def __init__(self, path: Path, providers: Sequence[str] | None = None):
+    def __init__(self, path: Path, providers: Sequence[str] | None = None, *,
+                 decode_dir: Path | None = None):
         import onnxruntime as ort
 
         if providers is None:
@@ -31,7 +32,7 @@ class OnnxRuntimeBackend(Backend):
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors arrive as exceptions; ORT's log would repeat them
-        self.session = ort_session(path, options, providers)
+        self.session = ort_session(path, options, providers, decode_dir=decode_dir)
         self.path = Path(path)
         used = self.session.get_providers()
         self.device = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import threading
 import uuid
 from collections import defaultdict
@@ -35,10 +36,12 @@ from ..tensors import TensorFiles
 _ALIGN = 64  # bytes: each decoded weight starts on a cache line of the buffer
 
 
-def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.ndarray | None]:
+def decoded_model(path: str | Path, location: str, into: Path | None = None
+                  ) -> tuple[onnx.ModelProto, np.ndarray | None]:
     """The model at path with every BQQDecode node (and the Transpose that may follow it)
     replaced by an initializer whose external data is at `location`, and that file's bytes:
-    the decoded weights, one after another. (model, None) when the file decodes nothing.
+    the decoded weights, one after another (in memory, or with `into` a file mapped into
+    memory, written there). (model, None) when the file decodes nothing.
     Other external tensors are left where they are (files beside path), not loaded."""
     model = onnx.load(str(path), load_external_data=False)
     files = TensorFiles(Path(path).parent)
@@ -70,7 +73,7 @@ def decoded_model(path: str | Path, location: str) -> tuple[onnx.ModelProto, np.
         size += -(-layout.out_features * layout.in_features * dtype.itemsize // _ALIGN) * _ALIGN
         dropped_nodes.add(id(node))
         dropped_inits.update(node.input)
-    buffer = np.empty(size, np.uint8)
+    buffer = np.empty(size, np.uint8) if into is None else np.memmap(into, np.uint8, "w+", shape=(size,))
     placeholders, tasks = [], []
     for node, layout, name, transposed, offset in planned:
         y, z, s = (torch.from_numpy(files.array(inits[n])) for n in node.input)
@@ -127,26 +130,62 @@ def _run_all(tasks: list, nbytes: int) -> None:
             done.result()
 
 
-def ort_session(path: str | Path, options=None, providers: Sequence[str] | None = None):
+def ort_session(path: str | Path, options=None, providers: Sequence[str] | None = None, *,
+                decode_dir: str | Path | None = None):
     """An onnxruntime.InferenceSession for path; a portable bundle file's packed weights are
     decoded here (see the module docstring). `options` serve this one session: the decoded
-    weights are registered on them under a name no other session uses."""
+    weights are registered on them under a name no other session uses.
+
+    decode_dir: decode into a file there instead of memory; ONNX Runtime maps that file
+    (deleted once the session exists: the mapping keeps it) rather than copying a buffer, so
+    creation peaks at about the weights' size once instead of twice (an export validating a
+    model of several GB does this in its working directory)."""
     import onnxruntime as ort
 
     options = options or ort.SessionOptions()
     providers = list(providers or ["CPUExecutionProvider"])
-    location = f"bqq-decoded-{uuid.uuid4().hex}"  # never a file: the buffer stands for it
-    model, weights = decoded_model(path, location)
+    stem = f"bqq-decoded-{uuid.uuid4().hex}"
+    location = f"{stem}.bin"  # in memory, a name the buffer stands for
+    spill = None if decode_dir is None else Path(decode_dir)
+    model, weights = decoded_model(path, location, into=None if spill is None else spill / location)
     if weights is None:
         return ort.InferenceSession(str(path), options, providers=providers)
-    # ONNX Runtime then takes every external file from memory: the file's own beside the buffer
-    files = {location: weights, **TensorFiles(Path(path).parent).mapped(model, exclude={location})}
-    options.add_external_initializers_from_files_in_memory(
-        list(files), list(files.values()), [array.nbytes for array in files.values()])
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    del model, weights, files  # ONNX Runtime copied the weights while it created the session
+    # The file's own external data (weights.bin): from memory, mapped from disk, or beside
+    # the spilled model as links (ONNX Runtime takes every external file from one or the other)
+    files = TensorFiles(Path(path).parent).mapped(model, exclude={location})
+    if spill is None:
+        files[location] = weights
+        options.add_external_initializers_from_files_in_memory(
+            list(files), list(files.values()), [array.nbytes for array in files.values()])
+    spilled = [] if spill is None else [location, f"{stem}.onnx"]
+    try:
+        if spill is None:
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        else:
+            weights.flush()
+            del weights  # our mapping: ONNX Runtime maps the file afresh
+            for name in files:
+                spilled.append(f"{stem}-{name}")
+                _link_or_copy(Path(path).parent / name, spill / spilled[-1])
+                for tensor in model.graph.initializer:
+                    for entry in tensor.external_data:
+                        if entry.key == "location" and entry.value == name:
+                            entry.value = spilled[-1]
+            onnx.save(model, str(spill / f"{stem}.onnx"))
+            session = ort.InferenceSession(str(spill / f"{stem}.onnx"), options, providers=providers)
+    finally:
+        for name in spilled:
+            (spill / name).unlink(missing_ok=True)
+    model = files = weights = None  # ONNX Runtime copied (or mapped) the weights: free ours
     _release_freed_heap()
     return session
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
 
 
 def _release_freed_heap() -> None:
