@@ -70,7 +70,7 @@ class BQQConfig:
     early_stop_tol: float = 0.0
     joint_refine: bool = True
     # Calibration (used when calibration inputs are given).
-    calib_damp: float = 0.01
+    calib_damp: float = 0.1
     calib_bits: bool = True
     calib_guard: bool = True
     bias_correction: bool = True
