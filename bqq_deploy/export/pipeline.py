@@ -255,10 +255,11 @@ def _export(source: SourceModel, out, options: ExportOptions, notices: Notices,
     with stages("onnx export"):
         fp32 = fp32_onnx(source, work)
         check_exported_inputs(fp32, source)
-        outputs = check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data), work)
-        fix_declared_outputs(fp32, outputs)
-        if source.kind in TRACED_KINDS:
-            check_traced_dims(source, fp32, work)
+        if distributed.is_writer():  # the checks in ONNX Runtime: once per job, not per rank
+            outputs = check_runs_on(fp32, validation_feeds(source, data)[0][:1], _feeds_label(data), work)
+            fix_declared_outputs(fp32, outputs)
+            if source.kind in TRACED_KINDS:
+                check_traced_dims(source, fp32, work)
         candidates, skipped, matches = _select_layers(source, fp32, options, work)
     weights = _quantise(fp32, candidates, data, options, work, stages, notices)
     if not distributed.is_writer():
