@@ -239,6 +239,10 @@ def test_cache_resume_solves_nothing_the_second_time(tmp_path, monkeypatch):
     quantize_weights(weights, BQQConfig(**{**FAST.to_dict(), "bits": 1}), cache_dir=tmp_path,
                      progress=False)
     assert len(calls) == 2
+    # Settings a data-free solve never reads are not part of its key.
+    quantize_weights(weights, BQQConfig(**{**FAST.to_dict(), "calib_damp": 0.5, "bias_correction": False}),
+                     cache_dir=tmp_path, progress=False)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("calib_bits", [False, True])

@@ -16,14 +16,21 @@ from ..errors import FormatError
 from ..format import BQQWeight, load_layers, save_layers
 
 
+# BQQConfig fields read only when a layer has calibration inputs.
+_CALIBRATION_FIELDS = frozenset({"calib_damp", "calib_bits", "calib_guard", "bias_correction"})
+
+
 class LayerCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
     @staticmethod
     def key(weight: torch.Tensor, config: BQQConfig, bias, inputs) -> str:
+        settings = config.to_dict()
+        if inputs is None:  # a data-free solve: the calibration settings do not change it
+            settings = {k: v for k, v in settings.items() if k not in _CALIBRATION_FIELDS}
         digest = hashlib.sha256()
-        digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         tensors = [weight, bias] + (inputs.fingerprint() if inputs is not None else [None])
         for tensor in tensors:
             if tensor is None:
