@@ -147,19 +147,18 @@ def ort_session(path: str | Path, options=None, providers: Sequence[str] | None 
     stem = f"bqq-decoded-{uuid.uuid4().hex}"
     location = f"{stem}.bin"  # in memory, a name the buffer stands for
     spill = None if decode_dir is None else Path(decode_dir)
-    model, weights = decoded_model(path, location, into=None if spill is None else spill / location)
-    if weights is None:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    # The file's own external data (weights.bin): from memory, mapped from disk, or beside
-    # the spilled model as links (ONNX Runtime takes every external file from one or the other)
-    files = TensorFiles(Path(path).parent).mapped(model, exclude={location})
-    if spill is None:
-        files[location] = weights
-        options.add_external_initializers_from_files_in_memory(
-            list(files), list(files.values()), [array.nbytes for array in files.values()])
-    spilled = [] if spill is None else [location, f"{stem}.onnx"]
+    spilled = [] if spill is None else [location, f"{stem}.onnx"]  # removed whatever happens
     try:
+        model, weights = decoded_model(path, location, into=None if spill is None else spill / location)
+        if weights is None:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        # The file's own external data (weights.bin): from memory, mapped from disk, or beside
+        # the spilled model as links (ONNX Runtime takes all external files one way or the other)
+        files = TensorFiles(Path(path).parent).mapped(model, exclude={location})
         if spill is None:
+            files[location] = weights
+            options.add_external_initializers_from_files_in_memory(
+                list(files), list(files.values()), [array.nbytes for array in files.values()])
             session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         else:
             weights.flush()
