@@ -135,13 +135,9 @@ def _data_free(weights: Mapping, shapes: dict, depths: dict[str, int], config: B
     is solved in pieces of whole block rows, each a layer of its own to the batching, the
     ranks and the cache (data-free, every block is a problem of its own), and joined after:
     its memory stays one batch's, and a run cut short keeps its finished pieces."""
-    keys = dict(keys)
-    if cache is not None:
-        for name in depths:
-            if name not in keys:
-                keys[name] = cache.key(weights[name], replace(config, bits=depths[name]), biases.get(name), None)
     split = {name: spans for name in depths
              if (spans := _row_pieces(shapes[name], replace(config, bits=depths[name])))}
+    keys = _with_keys(keys, split, weights, depths, config, biases, cache)
     loaded = {}
     if cache is not None:  # joined in an earlier run: no pieces to solve
         loaded = {name: hit for name in split if (hit := cache.load(keys[name])) is not None}
@@ -165,6 +161,17 @@ def _data_free(weights: Mapping, shapes: dict, depths: dict[str, int], config: B
         if cache is not None and distributed.is_writer():
             cache.store(keys[name], results[name])
     return {**results, **loaded}
+
+
+def _with_keys(keys: dict, names, weights: Mapping, depths: dict[str, int], config: BQQConfig,
+               biases: dict, cache) -> dict:
+    """keys with the cache key of each of names that has none (unchanged without a cache)."""
+    keys = dict(keys)
+    if cache is not None:
+        for name in names:
+            if name not in keys:
+                keys[name] = cache.key(weights[name], replace(config, bits=depths[name]), biases.get(name), None)
+    return keys
 
 
 def _row_pieces(shape: tuple[int, int], config: BQQConfig) -> list[tuple[int, int]] | None:
@@ -219,11 +226,7 @@ def _join_rows(parts: list[BQQWeight]) -> BQQWeight:
 def _data_free_layers(weights: Mapping, shapes: dict, depths: dict[str, int], config: BQQConfig,
                       biases: dict, cache, keys: dict, bar) -> dict:
     """_data_free for layers that each fit one batch."""
-    keys = dict(keys)
-    if cache is not None:
-        for name in depths:
-            if name not in keys:
-                keys[name] = cache.key(weights[name], replace(config, bits=depths[name]), biases.get(name), None)
+    keys = _with_keys(keys, depths, weights, depths, config, biases, cache)
 
     def batches(names: list[str]) -> list[list[str]]:
         return [batch for depth in sorted({depths[n] for n in names})
