@@ -14,10 +14,9 @@ from . import kernels  # loads no library until a CUDA tensor asks for one
 from .format import BQQWeight, unpack_bits
 from .quantize import quantize_weights
 from .quantize.budget import allocate
-from .quantize.calibrated import fewer_stacks
+from .quantize.calibrated import data_free_w_hat
 from .quantize.capture import CalibrationData, capture, input_groups, output_error, reference_outputs
 from .quantize.selection import excluded, too_small
-from .quantize.solver import fit_layer
 
 _log = logging.getLogger(__name__)
 
@@ -306,18 +305,16 @@ def _budget(model, config, weights, references, data: CalibrationData, called) -
         if name not in called:  # the calibration batches cannot tell: no extra stack
             drops[name] = 0.0
             continue
-        errors = []
-        for p in (lo, hi):
-            sol = fewer_stacks(references[name], weights[name], p, config)
-            w_hat = fit_layer(weights[name].detach().float().cpu(), sol, replace(config, bits=p)).w_hat
-            saved = modules[name].weight.detach().clone()
-            try:
+        errors, w = [], weights[name].detach().float().cpu()
+        saved = modules[name].weight.detach().clone()
+        try:
+            for p in (lo, hi):
                 with torch.no_grad():
-                    modules[name].weight.copy_(w_hat)
+                    modules[name].weight.copy_(data_free_w_hat(references[name], w, p, config))
                 errors.append(output_error(model, data, reference))
-            finally:
-                with torch.no_grad():
-                    modules[name].weight.copy_(saved)
+        finally:
+            with torch.no_grad():
+                modules[name].weight.copy_(saved)
         drops[name] = errors[0] - errors[1]
     return allocate({n: w.numel() for n, w in weights.items()}, drops, config.bits, lo, hi)
 

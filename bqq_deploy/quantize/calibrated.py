@@ -45,7 +45,7 @@ def fewer_stacks(packed: BQQWeight, weight: torch.Tensor, stacks: int, config: B
 def quantize_calibrated(weights: dict[str, torch.Tensor], config: BQQConfig, biases: dict,
                         inputs: dict[str, InputStatistics], stacks: dict[str, int],
                         references: dict[str, BQQWeight], data_free: Callable, pack: Callable,
-                        cache, bar=None, threads=None) -> dict[str, BQQWeight]:
+                        cache, bar, threads: Callable) -> dict[str, BQQWeight]:
     """Quantise calibrated layers. stacks: the layers whose depth is fixed (the rest get
     config.bits, or the bit budget's choice when config.bits is an average). references:
     data-free solutions already at hand (any depth >= the layer's). data_free(depths) ->
@@ -71,7 +71,7 @@ def quantize_calibrated(weights: dict[str, torch.Tensor], config: BQQConfig, bia
             keys[name] = cache.key(weights[name], replace(config, bits=depth[name]), biases.get(name), inputs[name])
             results[name] = cache.load(keys[name])
     todo = [n for n in names if results.get(n) is None]
-    for chunk in _chunks(todo, weights, inputs, config):
+    for chunk in _chunks(todo, weights, config):
         start = time.perf_counter()
         if config.calib_bits:
             solutions = _sweep_chunk(chunk, weights, inputs, depth, config, bar, threads)
@@ -84,8 +84,9 @@ def quantize_calibrated(weights: dict[str, torch.Tensor], config: BQQConfig, bia
             ref = None
             if config.calib_guard:
                 ref = references[name]
-                if ref.stacks != depth[name]:
-                    ref_sol = fewer_stacks(ref, weights[name], depth[name], config)
+                if ref.stacks != depth[name]:  # without calib_bits, the solution is this one
+                    ref_sol = (fewer_stacks(ref, weights[name], depth[name], config) if config.calib_bits
+                               else solutions[name])
                     ref = pack(ref_sol, _fit(name, weights[name], ref_sol, cfg, biases.get(name), None),
                                weights[name].shape, cfg)
             packed = _finish(name, weights[name], solutions[name], cfg, biases.get(name), inputs[name],
@@ -136,7 +137,7 @@ def _finish(name, weight, sol, cfg: BQQConfig, bias, stats: InputStatistics, ref
     return packed
 
 
-def _chunks(names: list[str], weights: dict, inputs: dict, config: BQQConfig):
+def _chunks(names: list[str], weights: dict, config: BQQConfig):
     """Consecutive layers for one sweep: a block column of all of them at most
     config.batch_weights padded weights, all of them at most _CHUNK_BATCHES times that."""
     g_r, g_c = config.group_shape
@@ -182,6 +183,12 @@ def _device(config: BQQConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def data_free_w_hat(reference: BQQWeight, weight: torch.Tensor, stacks: int, config: BQQConfig) -> torch.Tensor:
+    """W_hat of a data-free solution cut to its first `stacks` stacks (scales refit)."""
+    sol = fewer_stacks(reference, weight, stacks, config)
+    return fit_layer(weight, sol, replace(config, bits=stacks), None, None).w_hat
+
+
 def proxy_drops(names, weights, inputs: dict[str, InputStatistics], references, config: BQQConfig) -> dict[str, float]:
     """What one more stack buys each layer, without the model: the drop in relative output
     error (output MSE / output power on the calibration rows) from floor to ceil stacks of
@@ -194,8 +201,6 @@ def proxy_drops(names, weights, inputs: dict[str, InputStatistics], references, 
         power = stats.output_mse(w)
         errs = []
         for p in (lo, references[name].stacks):
-            sol = fewer_stacks(references[name], w, p, config)
-            fit = fit_layer(w, sol, replace(config, bits=p), None, None)
-            errs.append(stats.output_mse(w - fit.w_hat) / max(power, 1e-30))
+            errs.append(stats.output_mse(w - data_free_w_hat(references[name], w, p, config)) / max(power, 1e-30))
         drops[name] = errs[0] - errs[1]
     return drops
