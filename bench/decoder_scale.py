@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--shared", default="yes", help="whether other jobs shared the machine")
     parser.add_argument("--no-record", action="store_true", help="print, do not append results")
     args = parser.parse_args()
+    if args.flip_rounds is not None and args.source == "onnx":  # before minutes of building
+        raise SystemExit("--flip-rounds: bqq-export has no such flag; use --source module")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = BQQConfig.preset(args.preset, seed=0)
@@ -203,8 +205,6 @@ def main() -> None:
             command += ["--cache-dir", str(cache)] if cache else ["--no-cache"]
             if args.pipeline_only:
                 command = [sys.executable, "-c", _PIPELINE_ONLY, str(onnx_file), str(out)]
-            if args.flip_rounds is not None:
-                raise SystemExit("--flip-rounds: bqq-export has no such flag; use --source module")
             status, export_s, export_peak = run_peak(command, args.threads)
             if status != 0:
                 raise SystemExit(f"bqq-export exited with {status}")

@@ -225,8 +225,9 @@ def _share_and_name(found: list[Candidate], rejected: list[dict]) -> None:
     for cand in found:
         by_weight.setdefault(cand.weight_name, []).append(cand)
     for name, group in by_weight.items():
+        first = group[0].weight if len(group) > 1 else None  # read from disk once
         if any(c.op_type != group[0].op_type or c.shape != group[0].shape
-               or not np.array_equal(c.weight, group[0].weight) for c in group[1:]):
+               or not np.array_equal(c.weight, first) for c in group[1:]):
             for cand in group:
                 found.remove(cand)
                 rejected.append({"layer": name, "onnx_node": cand.node, "reason": f"weight {name} "
@@ -352,13 +353,6 @@ class InputCapture:
                         shared[tensors] = InputStatistics(outputs[name].shape[-1], holdout=self.holdout)
                     shared[tensors].add(torch.from_numpy(outputs[name]), mask)
         return {layer: shared[tuple(tensors)] for layer, tensors in reads.items()}
-
-
-def capture_inputs(model: onnx.ModelProto, candidates: list[Candidate], feeds_list: list[dict],
-                   data: TensorFiles | None = None, holdout: bool = True) -> dict[str, InputStatistics]:
-    """Statistics of each candidate's input activations over feeds_list, by running the fp32
-    model in ONNX Runtime with those tensors added as graph outputs (InputCapture)."""
-    return InputCapture(model, candidates, data, holdout).statistics(candidates, feeds_list)
 
 
 def replace_with_bqq(model: onnx.ModelProto, candidates: list[Candidate],

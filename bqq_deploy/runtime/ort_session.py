@@ -163,13 +163,14 @@ def ort_session(path: str | Path, options=None, providers: Sequence[str] | None 
         else:
             weights.flush()
             del weights  # our mapping: ONNX Runtime maps the file afresh
-            for name in files:
-                spilled.append(f"{stem}-{name}")
-                _link_or_copy(Path(path).parent / name, spill / spilled[-1])
-                for tensor in model.graph.initializer:
-                    for entry in tensor.external_data:
-                        if entry.key == "location" and entry.value == name:
-                            entry.value = spilled[-1]
+            linked = {name: f"{stem}-{name}" for name in files}
+            for name, link in linked.items():
+                spilled.append(link)
+                _link_or_copy(Path(path).parent / name, spill / link)
+            for tensor in model.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location" and entry.value in linked:
+                        entry.value = linked[entry.value]
             onnx.save(model, str(spill / f"{stem}.onnx"))
             session = ort.InferenceSession(str(spill / f"{stem}.onnx"), options, providers=providers)
     finally:
